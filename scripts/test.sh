@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, builds the workspace, runs the Rust
+# tests, then starts the real `ims serve` and drives it with tempest, the OpenStack clients and
+# the CLI end-to-end scripts.  Prints a summary of every stage; exits non-zero if any failed.
+#
+# Environment (all optional):
+#   IMS_TEST_WORK     scratch dir (default target/test-work): venv, fixtures, PG, logs, results
+#   IMS_TEST_ONLY     comma list of stages to run (plus the stages they need), e.g. "tempest"
+#   IMS_TEST_SKIP     comma list of stages not to run (their dependants still run)
+#   IMS_VENV          Python venv for tempest and the clients (default $IMS_TEST_WORK/venv)
+#   IMS_TEST_BIN      the ims binary to serve and administer (default target/release/ims)
+#   IMS_SHARED_DIR    the shared dir holding fixtures/make-fixtures.sh (default ../shared)
+#   IMS_TEMPEST_CONCURRENCY   tempest workers (default 2; accounts.yaml gets one set per worker)
+#   IMS_TEMPEST_REGEX         tests to run (default '^tempest\.api\.image')
+#   IMS_TEMPEST_PROFILE, IMS_TEMPEST_SET   feature flags, see tests/tempest/profile.ini
+# Stages: deps pg fixtures build cargo-test venv server tempest clients cli
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+WORK="${IMS_TEST_WORK:-$ROOT/target/test-work}"
+mkdir -p "$WORK"
+WORK="$(cd "$WORK" && pwd)"
+SHARED="${IMS_SHARED_DIR:-$ROOT/../shared}"
+VENV="${IMS_VENV:-$WORK/venv}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+IMS_BIN="${IMS_TEST_BIN:-$TARGET_DIR/release/ims}"
+CONCURRENCY="${IMS_TEMPEST_CONCURRENCY:-2}"
+TEMPEST_REGEX="${IMS_TEMPEST_REGEX:-^tempest\.api\.image}"
+LOGS="$WORK/logs"
+STATE="$WORK/state"
+rm -rf "$STATE"
+mkdir -p "$STATE" "$LOGS"
+export ROOT WORK SHARED VENV IMS_BIN LOGS STATE CONCURRENCY TEMPEST_REGEX
+
+STAGES=(deps pg fixtures build cargo-test venv server tempest clients cli)
+declare -A NEEDS=(
+  [deps]="" [pg]="deps" [fixtures]="deps" [build]="deps" [cargo-test]="pg fixtures build"
+  [venv]="deps" [server]="build" [tempest]="venv server" [clients]="venv server"
+  [cli]="server fixtures"
+)
+declare -A STATUS=() ELAPSED=() NOTE=() SELECTED=()
+
+# --- helpers -----------------------------------------------------------------------------------
+
+header() { printf '\n\033[1m==== %s ====\033[0m\n' "$*"; }
+log() { printf '  %s\n' "$*"; }
+note() { printf '%s' "$*" >"$STATE/$CURRENT_STAGE.note"; }
+# Exports a variable to the later stages (each stage runs in a subshell).
+export_state() { printf 'export %s=%q\n' "$1" "$2" >>"$STATE/$CURRENT_STAGE.env"; export "$1=$2"; }
+
+as_root() {
+  if [[ $(id -u) == 0 ]]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else echo "need root to run: $*" >&2; return 1
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+select_stages() {
+  local s
+  if [[ -z ${IMS_TEST_ONLY:-} ]]; then
+    for s in "${STAGES[@]}"; do SELECTED[$s]=1; done
+  else
+    local todo=(${IMS_TEST_ONLY//,/ })
+    while ((${#todo[@]})); do
+      s=${todo[0]}; todo=("${todo[@]:1}")
+      [[ -v NEEDS[$s] ]] || { echo "unknown stage '$s' (stages: ${STAGES[*]})" >&2; exit 2; }
+      [[ -n ${SELECTED[$s]:-} ]] && continue
+      SELECTED[$s]=1
+      todo+=(${NEEDS[$s]})
+    done
+  fi
+  for s in ${IMS_TEST_SKIP:+${IMS_TEST_SKIP//,/ }}; do unset "SELECTED[$s]"; done
+}
+
+run_stage() {
+  local name=$1 fn=$2 need
+  if [[ -z ${SELECTED[$name]:-} ]]; then STATUS[$name]=off; return 0; fi
+  for need in ${NEEDS[$name]}; do
+    case ${STATUS[$need]:-off} in
+      pass|off) ;;
+      *) STATUS[$name]=blocked; NOTE[$name]="$need did not pass"; return 0 ;;
+    esac
+  done
+  header "$name"
+  CURRENT_STAGE=$name
+  local t0=$SECONDS rc=0
+  set +e
+  (set -e; "$fn")
+  rc=$?
+  set -e
+  ELAPSED[$name]=$((SECONDS - t0))
+  if ((rc == 0)); then STATUS[$name]=pass; else STATUS[$name]=FAIL; fi
+  [[ -f $STATE/$name.env ]] && source "$STATE/$name.env"
+  [[ -f $STATE/$name.note ]] && NOTE[$name]="$(<"$STATE/$name.note")"
+  printf '  -> %s %s (%ss)\n' "$name" "${STATUS[$name]}" "${ELAPSED[$name]}"
+}
+
+stop_server() {
+  [[ -f $STATE/server.pid ]] || return 0
+  local pid
+  pid=$(<"$STATE/server.pid")
+  rm -f "$STATE/server.pid"
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+stop_pg() {
+  [[ -f $STATE/pg.dir ]] || return 0
+  local dir
+  dir=$(<"$STATE/pg.dir")
+  rm -f "$STATE/pg.dir"
+  "$ROOT/scripts/pg-test-server.sh" stop "$dir" >/dev/null 2>&1 || true
+}
+
+cleanup() { stop_server; stop_pg; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- stages ------------------------------------------------------------------------------------
+
+stage_deps() {
+  local missing=()
+  if ! command -v initdb >/dev/null && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    missing+=(postgresql)
+  fi
+  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  command -v qemu-img >/dev/null || missing+=(qemu-utils)
+  command -v curl >/dev/null || missing+=(curl)
+  if ((${#missing[@]})); then
+    log "installing: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    log "nothing to install"
+  fi
+  log "$(qemu-img --version | head -1)"
+  log "$(python3 --version)"
+  log "$(cargo --version)"
+  if cargo nextest --version >/dev/null 2>&1; then log "$(cargo nextest --version | head -1)"; fi
+}
+
+stage_pg() {
+  local dir="$WORK/pg" port url
+  port=$(free_port)
+  url=$("$ROOT/scripts/pg-test-server.sh" start "$dir" "$port" | grep -E '^postgres(ql)?://' | tail -1)
+  printf '%s' "$dir" >"$STATE/pg.dir"
+  [[ -n $url ]] || { echo "pg-test-server.sh printed no URL" >&2; return 1; }
+  log "IMS_TEST_PG_URL=$url"
+  export_state IMS_TEST_PG_URL "$url"
+}
+
+stage_fixtures() {
+  local script="$SHARED/fixtures/make-fixtures.sh" out="$WORK/fixtures" want
+  [[ -f $script ]] || { echo "missing $script (set IMS_SHARED_DIR)" >&2; return 1; }
+  want=$(sha256sum "$script" | cut -d' ' -f1)
+  if [[ -f $out/.ims-stamp && $(<"$out/.ims-stamp") == "$want" ]]; then
+    log "cached in $out"
+    note "cached"
+  else
+    rm -rf "$out"
+    bash "$script" "$out" >"$LOGS/fixtures.log" 2>&1 || { tail -30 "$LOGS/fixtures.log"; return 1; }
+    tail -3 "$LOGS/fixtures.log"
+    printf '%s' "$want" >"$out/.ims-stamp"
+  fi
+  export_state IMS_FIXTURES_DIR "$out"
+}
+
+stage_build() {
+  cargo build --release --workspace
+  [[ -x $IMS_BIN ]] || { echo "no $IMS_BIN after the build" >&2; return 1; }
+}
+
+stage_cargo_test() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --release --workspace --no-tests=warn
+    cargo test --release --workspace --doc
+    note "nextest + doctests"
+  else
+    cargo test --release --workspace
+  fi
+}
+
+stage_venv() {
+  local want
+  want=$(cat "$ROOT/tests/tempest/requirements.txt" "$ROOT/tests/tempest/constraints.txt" | sha256sum | cut -d' ' -f1)
+  if [[ -x $VENV/bin/tempest && -f $VENV/.ims-stamp && $(<"$VENV/.ims-stamp") == "$want" ]]; then
+    log "cached in $VENV"
+    note "cached"
+  else
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --disable-pip-version-check -q \
+      -r "$ROOT/tests/tempest/requirements.txt" -c "$ROOT/tests/tempest/constraints.txt"
+    printf '%s' "$want" >"$VENV/.ims-stamp"
+  fi
+  "$VENV/bin/pip" list --disable-pip-version-check 2>/dev/null \
+    | grep -iE '^(tempest|python-openstackclient|openstacksdk|python-glanceclient|keystoneauth1) ' \
+    | sed 's/^/  /'
+}
+
+ims_admin() { "$IMS_BIN" admin --data-dir "$WORK/data" "$@" >>"$LOGS/admin.log" 2>&1 || { tail -5 "$LOGS/admin.log"; return 1; }; }
+
+stage_server() {
+  local port url admin_pw="admin-$RANDOM$RANDOM" pw="secret-$RANDOM$RANDOM" pid
+  rm -rf "$WORK/data" "$WORK/accounts"
+  mkdir -p "$WORK/data"
+  port=$(free_port)
+  url="http://127.0.0.1:$port"
+  IMS_ADMIN_PASSWORD="$admin_pw" "$IMS_BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$port" \
+    >"$LOGS/server.out" 2>"$LOGS/server.log" </dev/null &
+  pid=$!
+  printf '%s' "$pid" >"$STATE/server.pid"
+  log "ims serve pid $pid on $url (log: $LOGS/server.log)"
+  local ready=""
+  for _ in $(seq 300); do
+    kill -0 "$pid" 2>/dev/null || { echo "ims serve exited:" >&2; tail -30 "$LOGS/server.log" >&2; return 1; }
+    if grep -q "ims listening on $url" "$LOGS/server.out" 2>/dev/null &&
+      [[ $(curl -s -o /dev/null -w '%{http_code}' "$url/healthcheck") == 200 ]]; then
+      ready=1; break
+    fi
+    sleep 0.2
+  done
+  [[ -n $ready ]] || { echo "ims serve not ready after 60 s" >&2; tail -30 "$LOGS/server.log" >&2; return 1; }
+  log "ready: $(head -1 "$LOGS/server.out")"
+
+  # Tempest's accounts (one set per worker) plus one project member for the client tests.
+  python3 "$ROOT/tests/tempest/gen_config.py" accounts --sets "$CONCURRENCY" --password "$pw" --out-dir "$WORK/accounts"
+  printf 'project\tclients\nuser\tclients-member\t%s\tclients\tmember\n' "$pw" >>"$WORK/accounts/accounts.tsv"
+  : >"$LOGS/admin.log"
+  local kind name upw project role
+  while IFS=$'\t' read -r kind name upw project role; do
+    case $kind in
+      project) ims_admin project create "$name" ;;
+      user) ims_admin user create "$name" --password "$upw" --project "$project" --role "$role" ;;
+    esac
+  done <"$WORK/accounts/accounts.tsv"
+  log "created $(grep -c '^user' "$WORK/accounts/accounts.tsv") users (accounts: $WORK/accounts)"
+
+  export_state IMS_URL "$url"
+  export_state IMS_DATA_DIR "$WORK/data"
+  export_state IMS_ADMIN_PASSWORD "$admin_pw"
+  export_state OS_AUTH_URL "$url/identity/v3"
+  export_state OS_USERNAME clients-member
+  export_state OS_PASSWORD "$pw"
+  export_state OS_PROJECT_NAME clients
+  export_state OS_USER_DOMAIN_NAME Default
+  export_state OS_PROJECT_DOMAIN_NAME Default
+  export_state OS_IDENTITY_API_VERSION 3
+  export_state OS_REGION_NAME RegionOne
+  export_state OS_INTERFACE public
+
+  # The token round trip every client starts with.
+  local code
+  code=$(curl -s -o "$LOGS/token.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+    -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"clients-member\",\"domain\":{\"name\":\"Default\"},\"password\":\"$pw\"}}},\"scope\":{\"project\":{\"name\":\"clients\",\"domain\":{\"name\":\"Default\"}}}}}" \
+    "$url/identity/v3/auth/tokens")
+  [[ $code == 201 ]] || { echo "POST /identity/v3/auth/tokens -> $code: $(head -c 500 "$LOGS/token.json")" >&2; return 1; }
+  log "token for clients-member: 201"
+}
+
+stage_tempest() {
+  local ws="$WORK/tempest" rc=0
+  export PATH="$VENV/bin:$PATH"
+  rm -rf "$ws" "$WORK/tempest-workspaces.yaml"
+  tempest init --workspace-path "$WORK/tempest-workspaces.yaml" --name ims "$ws" >"$LOGS/tempest-init.log" 2>&1 ||
+    { cat "$LOGS/tempest-init.log"; return 1; }
+  cp "$WORK/accounts/accounts.yaml" "$ws/etc/accounts.yaml"
+  log "feature profile:"
+  python3 "$ROOT/tests/tempest/gen_config.py" conf --uri-v3 "$IMS_URL/identity/v3" \
+    --accounts "$ws/etc/accounts.yaml" --out "$ws/etc/tempest.conf"
+  cd "$ws"
+  tempest run --list-tests --regex "$TEMPEST_REGEX" >"$WORK/tempest-tests.txt" 2>>"$LOGS/tempest-init.log"
+  log "$(grep -c '^tempest' "$WORK/tempest-tests.txt") tests selected by $TEMPEST_REGEX"
+  # Full output (with every request and response of a failed test) goes to tempest-run.log;
+  # the console gets it without the header dumps.
+  tempest run --regex "$TEMPEST_REGEX" --concurrency "$CONCURRENCY" 2>&1 | tee "$LOGS/tempest-run.log" |
+    grep -vE 'Request - Headers|Response - Headers' | cut -c1-600 || rc=$?
+  # stestr last and subunit2csv exit 1 when the run had failures; the CSV is still complete.
+  stestr last --subunit >"$WORK/tempest-results.subunit" || true
+  subunit2csv <"$WORK/tempest-results.subunit" >"$WORK/tempest-results.csv" || true
+  [[ -s $WORK/tempest-results.csv ]] || { echo "no tempest results" >&2; return 1; }
+  log "results: $WORK/tempest-results.csv; logs: $LOGS/tempest-run.log, $ws/tempest.log, $LOGS/server.log"
+  python3 "$ROOT/tests/tempest/check_results.py" --csv "$WORK/tempest-results.csv" \
+    --conf "$ws/etc/tempest.conf" --must-pass "$ROOT/tests/tempest/must-pass.txt" \
+    --list "$WORK/tempest-tests.txt" || rc=1
+  note "$(<"$WORK/tempest-results.csv.summary")"
+  return "$rc"
+}
+
+stage_clients() {
+  export PATH="$VENV/bin:$PATH"
+  python -m pytest -v -p no:cacheprovider -p no:warnings --junitxml="$WORK/clients-junit.xml" \
+    --basetemp="$WORK/clients-tmp" "$ROOT/tests/clients"
+}
+
+stage_cli() {
+  shopt -s nullglob
+  local scripts=("$ROOT"/tests/cli/*.sh) s failed=0
+  if ((${#scripts[@]} == 0)); then log "no tests/cli/*.sh"; note "no scripts"; return 0; fi
+  for s in "${scripts[@]}"; do
+    log "--- ${s#"$ROOT"/}"
+    if bash "$s"; then log "ok ${s#"$ROOT"/}"; else log "FAILED ${s#"$ROOT"/}"; failed=1; fi
+  done
+  note "${#scripts[@]} script(s)"
+  return "$failed"
+}
+
+# --- main --------------------------------------------------------------------------------------
+
+select_stages
+T_START=$SECONDS
+run_stage deps stage_deps
+run_stage pg stage_pg
+run_stage fixtures stage_fixtures
+run_stage build stage_build
+run_stage cargo-test stage_cargo_test
+run_stage venv stage_venv
+run_stage server stage_server
+run_stage tempest stage_tempest
+run_stage clients stage_clients
+run_stage cli stage_cli
+stop_server
+stop_pg
+
+header "summary"
+rc=0
+printf '  %-12s %-8s %7s  %s\n' stage status seconds note
+for s in "${STAGES[@]}"; do
+  st=${STATUS[$s]:-off}
+  case $st in FAIL|blocked) rc=1 ;; esac
+  printf '  %-12s %-8s %7s  %s\n' "$s" "$st" "${ELAPSED[$s]:--}" "${NOTE[$s]:-}"
+done
+printf '  %-12s %-8s %7s\n' total "$( ((rc == 0)) && echo pass || echo FAIL)" "$((SECONDS - T_START))"
+exit "$rc"
