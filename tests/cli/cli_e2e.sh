@@ -70,18 +70,19 @@ assert_not_contains() { [[ "$1" != *"$2"* ]] || fail "$3: '$2' unexpectedly foun
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); v=($1); print(v if isinstance(v,str) else json.dumps(v))"; }
 
 # --- server -------------------------------------------------------------------------------------
-ADMIN_PASSWORD="e2e-admin-secret"
-IMS_ADMIN_PASSWORD="$ADMIN_PASSWORD" "$IMS_BIN" serve --data-dir "$DATA" --listen 127.0.0.1:0 \
-    >"$WORK/server.log" 2>&1 &
+ADMIN_PASSWORD="e2e-admin-$RANDOM$RANDOM"
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+BASE="http://127.0.0.1:$PORT"
+IMS_ADMIN_PASSWORD="$ADMIN_PASSWORD" "$IMS_BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" \
+    >"$WORK/server.log" 2>&1 </dev/null &
 SERVER_PID=$!
-BASE=""
+READY=""
 for _ in $(seq 1 300); do
-    BASE="$(sed -n 's/^ims listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$WORK/server.log" | head -n 1)"
-    [[ -n "$BASE" ]] && break
     kill -0 "$SERVER_PID" 2>/dev/null || fail "server exited before listening"
+    if grep -q "ims listening on $BASE" "$WORK/server.log"; then READY=1; break; fi
     sleep 0.1
 done
-[[ -n "$BASE" ]] || fail "server did not print 'ims listening on ...' within 30 s"
+[[ -n "$READY" ]] || fail "server did not print 'ims listening on $BASE' within 30 s"
 pass "server listening at $BASE"
 
 export OS_AUTH_URL="$BASE/identity"   # no version: the client must append /v3

@@ -373,7 +373,11 @@ async fn execute(args: ImageArgs) -> anyhow::Result<ExitCode> {
         }
         ImageCommand::Download(download) => {
             let image = client.resolve(&download.image).await?;
-            transfer::download(&client, &image, download.file.as_deref()).await?;
+            // Dropping the download on Ctrl-C lets the writer thread delete its temp file.
+            tokio::select! {
+                result = transfer::download(&client, &image, download.file.as_deref()) => result?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("download interrupted"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Share(share) => cmd_share(&client, format, share).await,
