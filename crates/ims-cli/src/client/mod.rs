@@ -18,7 +18,7 @@ use serde_json::Value;
 
 pub use auth::AuthArgs;
 
-use api::{ApiError, ImageClient};
+use api::ImageClient;
 use output::{Table, emit};
 use patch::{ImageFields, parse_property};
 
@@ -336,10 +336,8 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes on one line; [`api::ApiError`] already reads as the server's message.
 fn describe(err: &anyhow::Error) -> String {
-    if let Some(api) = err.downcast_ref::<ApiError>() {
-        return api.to_string();
-    }
     format!("{err:#}")
 }
 
@@ -652,6 +650,7 @@ fn emit_json(value: &Value) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use super::api::ApiError;
     use super::*;
     use clap::Parser;
 
