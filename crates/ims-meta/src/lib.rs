@@ -40,7 +40,9 @@ impl MetaError {
             MetaError::AlreadyExists(_) => ErrorKind::AlreadyExists,
             MetaError::Conflict(_) => ErrorKind::Conflict,
             MetaError::MarkerNotFound(_) => ErrorKind::InvalidInput,
-            MetaError::Database { .. } | MetaError::Migrating(_) | MetaError::CorruptRow(_) => ErrorKind::Internal,
+            MetaError::Database { .. } | MetaError::Migrating(_) | MetaError::CorruptRow(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }
@@ -76,7 +78,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn referenced_blob_keys(&self) -> MetaResult<Vec<String>>;
 
     async fn add_member(&self, member: &Member) -> MetaResult<()>;
-    async fn get_member(&self, image_id: uuid::Uuid, member_id: &str) -> MetaResult<Option<Member>>;
+    async fn get_member(&self, image_id: uuid::Uuid, member_id: &str)
+    -> MetaResult<Option<Member>>;
     async fn list_members(&self, image_id: uuid::Uuid) -> MetaResult<Vec<Member>>;
     /// Updates status and `updated_at`; `NotFound` if absent.
     async fn update_member(&self, member: &Member) -> MetaResult<()>;

@@ -1,0 +1,1 @@
+//! `SqlStore`: the MetaStore over sqlx for SQLite and PostgreSQL (being written; lands next).
