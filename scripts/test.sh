@@ -37,7 +37,7 @@ STAGES=(deps pg fixtures build cargo-test venv server tempest clients cli)
 declare -A NEEDS=(
   [deps]="" [pg]="deps" [fixtures]="deps" [build]="deps" [cargo-test]="pg fixtures build"
   [venv]="deps" [server]="build" [tempest]="venv server" [clients]="venv server"
-  [cli]="server fixtures"
+  [cli]="build"
 )
 declare -A STATUS=() ELAPSED=() NOTE=() SELECTED=()
 
@@ -226,7 +226,7 @@ stage_server() {
     sleep 0.2
   done
   [[ -n $ready ]] || { echo "ims serve not ready after 60 s" >&2; tail -30 "$LOGS/server.log" >&2; return 1; }
-  log "ready: $(head -1 "$LOGS/server.out")"
+  log "ready: $(grep -m1 "ims listening on" "$LOGS/server.out")"
 
   # Tempest's accounts (one set per worker) plus one project member for the client tests.
   python3 "$ROOT/tests/tempest/gen_config.py" accounts --sets "$CONCURRENCY" --password "$pw" --out-dir "$WORK/accounts"

@@ -69,7 +69,8 @@ def run(*argv, check=True):
     exe = shutil.which(argv[0])
     assert exe, f"{argv[0]} not on PATH"
     print("$", " ".join(argv))
-    proc = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([exe, *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=600)
     if proc.stdout:
         print(proc.stdout[-4000:])
     if proc.stderr:
