@@ -148,8 +148,8 @@ stage_deps() {
 stage_pg() {
   local dir="$WORK/pg" port url
   port=$(free_port)
-  url=$("$ROOT/scripts/pg-test-server.sh" start "$dir" "$port" | grep -E '^postgres(ql)?://' | tail -1)
   printf '%s' "$dir" >"$STATE/pg.dir"
+  url=$("$ROOT/scripts/pg-test-server.sh" start "$dir" "$port" | grep -E '^postgres(ql)?://' | tail -1)
   [[ -n $url ]] || { echo "pg-test-server.sh printed no URL" >&2; return 1; }
   log "IMS_TEST_PG_URL=$url"
   export_state IMS_TEST_PG_URL "$url"
