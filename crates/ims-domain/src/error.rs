@@ -4,6 +4,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     NotFound,
+    /// The thing existed but was deleted while the request ran.
+    Gone,
     AlreadyExists,
     Conflict,
     InvalidInput,
@@ -19,8 +21,9 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for tests that walk the mapping tables.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::NotFound,
+        ErrorKind::Gone,
         ErrorKind::AlreadyExists,
         ErrorKind::Conflict,
         ErrorKind::InvalidInput,
@@ -45,7 +48,10 @@ pub struct DomainError {
 
 impl DomainError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        DomainError { kind, message: message.into() }
+        DomainError {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidInput, message)

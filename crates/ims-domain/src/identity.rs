@@ -97,9 +97,15 @@ mod tests {
     #[test]
     fn admin_implies_member_and_reader() {
         let roles = effective_roles([Role::Admin]);
-        assert_eq!(roles.into_iter().collect::<Vec<_>>(), vec![Role::Reader, Role::Member, Role::Admin]);
+        assert_eq!(
+            roles.into_iter().collect::<Vec<_>>(),
+            vec![Role::Reader, Role::Member, Role::Admin]
+        );
         let roles = effective_roles([Role::Member]);
-        assert_eq!(roles.into_iter().collect::<Vec<_>>(), vec![Role::Reader, Role::Member]);
+        assert_eq!(
+            roles.into_iter().collect::<Vec<_>>(),
+            vec![Role::Reader, Role::Member]
+        );
     }
 
     #[test]

@@ -16,10 +16,20 @@ pub const MAX_TAGS: usize = 128;
 pub const MAX_MEMBERS: usize = 128;
 
 /// Disk formats Glance 33 accepts by default, plus `gpt`.
-pub const DISK_FORMATS: &[&str] =
-    &["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop", "gpt"];
+pub const DISK_FORMATS: &[&str] = &[
+    "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop", "gpt",
+];
 /// Container formats Glance 33 accepts by default.
-pub const CONTAINER_FORMATS: &[&str] = &["ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"];
+pub const CONTAINER_FORMATS: &[&str] = &[
+    "ami",
+    "ari",
+    "aki",
+    "bare",
+    "ovf",
+    "ova",
+    "docker",
+    "compressed",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ImageStatus {
@@ -91,7 +101,12 @@ pub enum Visibility {
 }
 
 impl Visibility {
-    pub const ALL: [Visibility; 4] = [Visibility::Public, Visibility::Private, Visibility::Shared, Visibility::Community];
+    pub const ALL: [Visibility; 4] = [
+        Visibility::Public,
+        Visibility::Private,
+        Visibility::Shared,
+        Visibility::Community,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -200,7 +215,9 @@ impl Image {
 /// Checks a tag against Glance's rules.
 pub fn validate_tag(tag: &str) -> Result<(), DomainError> {
     if tag.chars().count() > MAX_STRING_LEN {
-        return Err(DomainError::invalid(format!("Tag is longer than {MAX_STRING_LEN} characters")));
+        return Err(DomainError::invalid(format!(
+            "Tag is longer than {MAX_STRING_LEN} characters"
+        )));
     }
     if tag.is_empty() {
         return Err(DomainError::invalid("Tag may not be empty"));
@@ -233,7 +250,10 @@ mod tests {
         let mut img = Image::new(uuid::Uuid::nil(), None, crate::now());
         img.status = ImageStatus::Active;
         let err = img.transition(ImageStatus::Saving).unwrap_err();
-        assert_eq!(err.message, "Image status transition from active to saving is not allowed");
+        assert_eq!(
+            err.message,
+            "Image status transition from active to saving is not allowed"
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@ pub enum MemberStatus {
 }
 
 impl MemberStatus {
-    pub const ALL: [MemberStatus; 3] = [MemberStatus::Pending, MemberStatus::Accepted, MemberStatus::Rejected];
+    pub const ALL: [MemberStatus; 3] = [
+        MemberStatus::Pending,
+        MemberStatus::Accepted,
+        MemberStatus::Rejected,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -2,8 +2,8 @@
 
 use time::OffsetDateTime;
 
-use crate::member::MemberStatus;
 use crate::image::Visibility;
+use crate::member::MemberStatus;
 
 /// Glance's `limit_param_default`.
 pub const DEFAULT_LIST_LIMIT: usize = 25;

@@ -1,0 +1,419 @@
+//! `/v2/images` handlers: parse, call the image service, render Glance's answer.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use ims_core::images::parse_image_id;
+use ims_core::patch::{PatchDialect, PatchKind, PatchOp};
+use ims_domain::ErrorKind;
+use serde_json::{Value, json};
+
+use crate::SharedState;
+use crate::body::{content_type, read_json, read_json_object};
+use crate::error::{ApiError, ApiResult};
+use crate::json::{attr_value, image_json};
+use crate::list::{page_links, parse_list_query};
+use crate::middleware::Authed;
+
+const PATCH_V20: &str = "application/openstack-images-v2.0-json-patch";
+const PATCH_V21: &str = "application/openstack-images-v2.1-json-patch";
+
+pub async fn empty_id() -> ApiError {
+    ApiError::new(ErrorKind::NotFound, "No image found with ID ''")
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let query = parse_list_query(raw.as_deref())?;
+    let limit = query.limit;
+    let images = state.app.images.list(&caller, query).await?;
+    let (first, next) = page_links(
+        raw.as_deref(),
+        images.len(),
+        limit,
+        images.last().map(|i| i.id),
+    );
+    let mut body = json!({
+        "images": images.iter().map(image_json).collect::<Vec<_>>(),
+        "first": first,
+        "schema": "/v2/schemas/images",
+    });
+    if let Some(next) = next {
+        body["next"] = Value::String(next);
+    }
+    Ok(Json(body))
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let map = read_json_object(&headers, body, state.app.config.limits.max_json_body).await?;
+    let attrs: Vec<(String, _)> = map
+        .iter()
+        .map(|(k, v)| (k.clone(), attr_value(v)))
+        .collect();
+    let image = state.app.images.create(&caller, &attrs).await?;
+    let location = format!("{}/v2/images/{}", state.public_url, image.id);
+    let mut response = (StatusCode::CREATED, Json(image_json(&image))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+pub async fn show(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let image = state.app.images.get(&caller, parse_image_id(&id)?).await?;
+    Ok(Json(image_json(&image)))
+}
+
+/// Unescapes a JSON pointer with exactly one segment (`/name`, `/a~1b`).
+fn pointer_attr(path: &str) -> ApiResult<String> {
+    let invalid = || ApiError::invalid(format!("Invalid JSON pointer for this resource: '{path}'"));
+    let rest = path.strip_prefix('/').ok_or_else(invalid)?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(invalid());
+    }
+    if rest.replace("~0", "").replace("~1", "").contains('~') {
+        return Err(invalid());
+    }
+    Ok(rest.replace("~1", "/").replace("~0", "~"))
+}
+
+fn parse_patch(doc: Value, dialect: PatchDialect) -> ApiResult<Vec<PatchOp>> {
+    let Value::Array(items) = doc else {
+        return Err(ApiError::invalid(
+            "Request body must be a JSON array of operation objects.",
+        ));
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let Value::Object(obj) = item else {
+                return Err(ApiError::invalid("Operations must be JSON objects."));
+            };
+            let kind_of = |s: &str| match s {
+                "add" => Some(PatchKind::Add),
+                "replace" => Some(PatchKind::Replace),
+                "remove" => Some(PatchKind::Remove),
+                _ => None,
+            };
+            let (kind, path) = match dialect {
+                PatchDialect::V2_1 => {
+                    let op = obj.get("op").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("Operation objects must contain 'op'."))?;
+                    let kind = kind_of(op).ok_or_else(|| ApiError::invalid(format!("Invalid operation: '{op}'")))?;
+                    let path = obj.get("path").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("Operation objects must contain 'path'."))?;
+                    (kind, path.to_string())
+                }
+                PatchDialect::V2_0 => {
+                    let found: Vec<_> = ["add", "replace", "remove"].into_iter().filter(|k| obj.contains_key(*k)).collect();
+                    let [op] = found.as_slice() else {
+                        return Err(ApiError::invalid("Operation objects must contain exactly one of 'add', 'remove', or 'replace'."));
+                    };
+                    let path = obj[*op].as_str().ok_or_else(|| ApiError::invalid("The operation's path must be a string."))?;
+                    (kind_of(op).expect("listed op"), path.to_string())
+                }
+            };
+            let value = obj.get("value").map(attr_value);
+            if kind != PatchKind::Remove && value.is_none() {
+                return Err(ApiError::invalid(format!("Operation '{path}' requires a member named 'value'.")));
+            }
+            Ok(PatchOp { kind, attr: pointer_attr(&path)?, value })
+        })
+        .collect()
+}
+
+pub async fn update(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let dialect = match content_type(&headers).as_deref() {
+        Some(PATCH_V21) => PatchDialect::V2_1,
+        Some(PATCH_V20) => PatchDialect::V2_0,
+        other => {
+            return Err(ApiError::new(
+                ErrorKind::UnsupportedMediaType,
+                format!("Unsupported Content-Type {}", other.unwrap_or("(none)")),
+            )
+            .with_header(
+                header::HeaderName::from_static("accept-patch"),
+                format!("{PATCH_V20}, {PATCH_V21}"),
+            ));
+        }
+    };
+    let id = parse_image_id(&id)?;
+    let doc = read_json(
+        &headers,
+        body,
+        state.app.config.limits.max_json_body,
+        &[PATCH_V20, PATCH_V21],
+    )
+    .await?;
+    let ops = parse_patch(doc, dialect)?;
+    let image = state.app.images.update(&caller, id, &ops, dialect).await?;
+    Ok(Json(image_json(&image)))
+}
+
+pub async fn delete(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .app
+        .images
+        .delete(&caller, parse_image_id(&id)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn deactivate(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .app
+        .images
+        .set_active(&caller, parse_image_id(&id)?, false)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn reactivate(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .app
+        .images
+        .set_active(&caller, parse_image_id(&id)?, true)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn add_tag(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path((id, tag)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state
+        .app
+        .images
+        .add_tag(&caller, parse_image_id(&id)?, &tag)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn delete_tag(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path((id, tag)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state
+        .app
+        .images
+        .delete_tag(&caller, parse_image_id(&id)?, &tag)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn upload(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let id = parse_image_id(&id)?;
+    if content_type(&headers).as_deref() != Some("application/octet-stream") {
+        return Err(ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "Image data must be sent as application/octet-stream.",
+        ));
+    }
+    let declared = match headers.get("x-openstack-image-size") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid("x-openstack-image-size must be a non-negative integer")
+                })?,
+        ),
+    };
+    let stream = body.into_data_stream();
+    state
+        .app
+        .images
+        .upload(&caller, id, stream, declared)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A satisfiable `Range: bytes=…` against `size`, as an exclusive range; `Err` → 416.
+fn parse_range(value: &str, size: u64) -> Result<std::ops::Range<u64>, ()> {
+    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end_inclusive) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            if n == 0 || size == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (s, "") => (s.parse().map_err(|_| ())?, size.checked_sub(1).ok_or(())?),
+        (s, e) => {
+            let (s, e): (u64, u64) = (s.parse().map_err(|_| ())?, e.parse().map_err(|_| ())?);
+            (s, e.min(size.saturating_sub(1)))
+        }
+    };
+    if start >= size || start > end_inclusive {
+        return Err(());
+    }
+    Ok(start..end_inclusive + 1)
+}
+
+pub async fn download(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let download = state
+        .app
+        .images
+        .download(&caller, parse_image_id(&id)?)
+        .await?;
+    let Some(data) = download.image.data.clone() else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let size = download.size;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(value) => Some(parse_range(value, size).map_err(|()| {
+            let mut e = ApiError::invalid(format!(
+                "Requested range {value} not satisfiable for {size} bytes"
+            ))
+            .with_header(header::CONTENT_RANGE, format!("bytes */{size}"));
+            e.status = Some(StatusCode::RANGE_NOT_SATISFIABLE);
+            e
+        })?),
+    };
+    let stream = state.app.images.open_data(&download, range.clone()).await?;
+    let body = Body::from_stream(stream.map_err(|e| std::io::Error::other(e.to_string())));
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    match range {
+        Some(r) => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = response.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.end - r.start));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1))
+            {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        None => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            if let Ok(v) = HeaderValue::from_str(&data.checksum) {
+                h.insert("content-md5", v);
+            }
+        }
+    }
+    Ok(response)
+}
+
+pub async fn usage(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+) -> ApiResult<Json<Value>> {
+    let usage = state.app.images.usage(&caller.project_id).await?;
+    let limits = &state.app.config.limits;
+    let limit = |l: Option<u64>| l.map(|v| v as i64).unwrap_or(-1);
+    Ok(Json(json!({"usage": {
+        "image_size_total": {"usage": usage.image_size_total, "limit": limit(limits.image_size_total)},
+        "image_count_total": {"usage": usage.image_count_total, "limit": -1},
+    }})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Ok(0..10));
+        assert_eq!(parse_range("bytes=90-", 100), Ok(90..100));
+        assert_eq!(parse_range("bytes=-10", 100), Ok(90..100));
+        assert_eq!(parse_range("bytes=95-200", 100), Ok(95..100));
+        for bad in [
+            "bytes=100-",
+            "bytes=5-1",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=a-b",
+        ] {
+            assert_eq!(parse_range(bad, 100), Err(()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pointers() {
+        assert_eq!(pointer_attr("/name").unwrap(), "name");
+        assert_eq!(pointer_attr("/a~1b~0c").unwrap(), "a/b~c");
+        for bad in ["name", "/", "/a/b", "/a~2"] {
+            assert!(pointer_attr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patch_dialects() {
+        let v21 = json!([{"op": "replace", "path": "/name", "value": "x"}, {"op": "remove", "path": "/foo"}]);
+        let ops = parse_patch(v21, PatchDialect::V2_1).unwrap();
+        assert_eq!(ops[0].kind, PatchKind::Replace);
+        assert_eq!(ops[1].kind, PatchKind::Remove);
+        let v20 = json!([{"replace": "/name", "value": "x"}]);
+        assert_eq!(
+            parse_patch(v20, PatchDialect::V2_0).unwrap()[0].attr,
+            "name"
+        );
+        for bad in [
+            json!({}),
+            json!([1]),
+            json!([{"op": "move", "path": "/a"}]),
+            json!([{"op": "add", "path": "/a"}]),
+        ] {
+            assert!(
+                parse_patch(bad.clone(), PatchDialect::V2_1).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

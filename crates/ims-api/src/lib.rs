@@ -1,0 +1,83 @@
+//! The HTTP face of `ims`: the OpenStack Image API v2 under `/v2` (with Glance 33's semantics,
+//! status codes and error bodies) and a Keystone v3 subset under `/identity`. Handlers parse
+//! into typed input, call an `ims-core` service and map the result; nothing here touches a store.
+
+mod body;
+mod error;
+mod identity;
+mod images;
+mod json;
+mod list;
+mod members;
+mod middleware;
+mod versions;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use ims_core::App;
+
+pub use error::{Dialect, status_for};
+
+/// What every handler can reach.
+pub struct ApiState {
+    pub app: Arc<App>,
+    /// Base URL of this node as clients see it, without a trailing slash.
+    pub public_url: String,
+}
+
+pub type SharedState = Arc<ApiState>;
+
+/// The whole HTTP surface of a node.
+pub fn router(app: Arc<App>) -> Router {
+    let public_url = app.config.public_url();
+    let state: SharedState = Arc::new(ApiState { app, public_url });
+    let v2 = Router::new()
+        .route("/images", get(images::list).post(images::create))
+        .route("/images/", get(images::empty_id).delete(images::empty_id))
+        .route(
+            "/images/{id}",
+            get(images::show)
+                .patch(images::update)
+                .delete(images::delete),
+        )
+        .route(
+            "/images/{id}/file",
+            put(images::upload).get(images::download),
+        )
+        .route("/images/{id}/actions/deactivate", post(images::deactivate))
+        .route("/images/{id}/actions/reactivate", post(images::reactivate))
+        .route(
+            "/images/{id}/tags/{tag}",
+            put(images::add_tag).delete(images::delete_tag),
+        )
+        .route(
+            "/images/{id}/members",
+            get(members::list).post(members::create),
+        )
+        .route(
+            "/images/{id}/members/{member}",
+            get(members::show)
+                .put(members::update)
+                .delete(members::delete),
+        )
+        .route("/schemas/{name}", get(versions::schema))
+        .route("/schemas/metadefs/{name}", get(versions::metadef_schema))
+        .route("/info/import", get(versions::info_import))
+        .route("/info/stores", get(versions::info_stores))
+        .route("/info/usage", get(images::usage))
+        .fallback(versions::v2_not_found);
+    Router::new()
+        .route("/", get(versions::root))
+        .route("/versions", get(versions::versions))
+        .route("/healthcheck", get(versions::healthcheck))
+        .nest("/v2", v2)
+        .nest("/identity", identity::router())
+        .fallback(versions::unknown_version)
+        .layer(axum::middleware::from_fn(
+            middleware::reject_unexpected_body,
+        ))
+        .layer(axum::middleware::from_fn(middleware::request_id))
+        .with_state(state)
+}

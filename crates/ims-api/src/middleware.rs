@@ -1,0 +1,93 @@
+//! Cross-cutting request handling: request ids and tracing spans, bodies where none belong, and
+//! the token check that turns `X-Auth-Token` into a [`Caller`].
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ims_domain::{Caller, ErrorKind};
+use tracing::Instrument;
+
+use crate::SharedState;
+use crate::error::ApiError;
+
+pub const REQUEST_ID_HEADER: &str = "x-openstack-request-id";
+/// Longest client-supplied request id we adopt (Glance's rule).
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+fn client_request_id(req: &Request) -> Option<String> {
+    let value = req.headers().get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    let ok = value.starts_with("req-")
+        && value.len() <= MAX_REQUEST_ID_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    ok.then(|| value.to_string())
+}
+
+/// Gives every request an id (the client's if valid), a tracing span, and echoes the id back.
+pub async fn request_id(req: Request, next: Next) -> Response {
+    let id = client_request_id(&req).unwrap_or_else(|| format!("req-{}", uuid::Uuid::new_v4()));
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    let mut response = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "done"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+fn has_body(req: &Request) -> bool {
+    use axum::body::HttpBody;
+    let headers = req.headers();
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    length > 0 || !req.body().is_end_stream()
+}
+
+/// Glance refuses bodies on reads, deletes and actions.
+pub async fn reject_unexpected_body(req: Request, next: Next) -> Response {
+    let no_body_route = matches!(*req.method(), Method::GET | Method::DELETE | Method::HEAD)
+        || (req.method() == Method::POST && req.uri().path().contains("/actions/"));
+    if no_body_route && req.uri().path().starts_with("/v2/") && has_body(&req) {
+        return ApiError::invalid("A body is not expected with this request.").into_response();
+    }
+    next.run(req).await
+}
+
+/// A verified, project-scoped caller.
+pub struct Authed(pub Caller);
+
+impl FromRequestParts<SharedState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = |message: &str| {
+            let mut e = ApiError::new(ErrorKind::Unauthorized, message);
+            e.auth_uri = Some(format!("{}/identity/v3", state.public_url));
+            e
+        };
+        let token = parts
+            .headers
+            .get("x-auth-token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| unauthorized("This server could not verify that you are authorized to access the document you requested."))?;
+        let claims = state
+            .app
+            .identity
+            .verify(token)
+            .await
+            .map_err(|e| unauthorized(&e.message))?;
+        let caller = claims.caller().ok_or_else(|| {
+            ApiError::new(ErrorKind::Forbidden, "A project-scoped token is required.")
+        })?;
+        Ok(Authed(caller))
+    }
+}

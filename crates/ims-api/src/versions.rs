@@ -1,0 +1,142 @@
+//! Version discovery, health, schemas and the `/v2/info` documents.
+
+use std::sync::LazyLock;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ims_domain::ErrorKind;
+use serde_json::{Value, json};
+
+use crate::SharedState;
+use crate::error::{ApiError, ApiResult};
+
+/// API versions this server implements, newest first; the first is CURRENT.
+const VERSIONS: &[&str] = &[
+    "2.15", "2.9", "2.8", "2.7", "2.6", "2.5", "2.4", "2.3", "2.2", "2.1", "2.0",
+];
+
+static SCHEMAS: LazyLock<Value> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("schemas/glance-schemas.json"))
+        .expect("embedded schemas are JSON")
+});
+
+fn versions_doc(public_url: &str) -> Value {
+    let values: Vec<Value> = VERSIONS
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            json!({
+                "id": format!("v{v}"),
+                "status": if i == 0 { "CURRENT" } else { "SUPPORTED" },
+                "links": [{"rel": "self", "href": format!("{public_url}/v2/")}],
+            })
+        })
+        .collect();
+    json!({ "versions": values })
+}
+
+/// `GET /`: 300 Multiple Choices, as Glance answers.
+pub async fn root(State(state): State<SharedState>) -> Response {
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        Json(versions_doc(&state.public_url)),
+    )
+        .into_response()
+}
+
+/// `GET /versions`: the same document with 200 (glanceclient expects it).
+pub async fn versions(State(state): State<SharedState>) -> Response {
+    Json(versions_doc(&state.public_url)).into_response()
+}
+
+/// Any path outside the known APIs: the versions document, as Glance's version negotiation does.
+pub async fn unknown_version(State(state): State<SharedState>) -> Response {
+    root(State(state)).await
+}
+
+pub async fn v2_not_found() -> ApiError {
+    ApiError::new(ErrorKind::NotFound, "The resource could not be found.")
+}
+
+pub async fn healthcheck() -> &'static str {
+    "OK"
+}
+
+fn schema_named(key: &str) -> ApiResult<Json<Value>> {
+    SCHEMAS
+        .get(key)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("No schema named {key}")))
+}
+
+pub async fn schema(Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    match name.as_str() {
+        "image" | "images" | "member" | "members" | "task" | "tasks" => schema_named(&name),
+        _ => Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("No schema named {name}"),
+        )),
+    }
+}
+
+pub async fn metadef_schema(Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    match name.as_str() {
+        "namespace" | "namespaces" | "resource_type" | "resource_types" | "property"
+        | "properties" | "object" | "objects" | "tag" | "tags" => {
+            schema_named(&format!("metadef_{name}"))
+        }
+        _ => Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("No schema named metadefs/{name}"),
+        )),
+    }
+}
+
+pub async fn info_import() -> Json<Value> {
+    Json(
+        json!({"import-methods": {"description": "Import methods available.", "type": "array", "value": []}}),
+    )
+}
+
+pub async fn info_stores() -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        "Multi backend is not supported at this site.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_schema_exists() {
+        for name in ["image", "images", "member", "members", "task", "tasks"] {
+            assert!(schema_named(name).is_ok(), "{name}");
+        }
+        for name in [
+            "namespace",
+            "namespaces",
+            "resource_type",
+            "resource_types",
+            "property",
+            "properties",
+            "object",
+            "objects",
+            "tag",
+            "tags",
+        ] {
+            assert!(schema_named(&format!("metadef_{name}")).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn first_version_is_current() {
+        let doc = versions_doc("http://h");
+        assert_eq!(doc["versions"][0]["status"], "CURRENT");
+        assert_eq!(doc["versions"][0]["links"][0]["href"], "http://h/v2/");
+    }
+}

@@ -1,0 +1,271 @@
+//! The `ims` binary: `serve` runs a node, `admin` manages identity directly in the database,
+//! and `image` is the API client.
+
+mod client;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ims_core::identity::{DomainRef, Named};
+use ims_core::{App, Config};
+use ims_domain::Role;
+
+#[derive(Parser, Debug)]
+#[command(name = "ims", version, about = "Image Management Service: server, admin and client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: the OpenStack Image API v2 and the identity endpoint.
+    Serve(ServeArgs),
+    /// Manage projects, users and roles directly in the node's database.
+    Admin(AdminArgs),
+    /// Talk to a running service (authenticates like openstackclient).
+    Image(client::ImageArgs),
+}
+
+/// Where the node's configuration comes from; flags override file and environment.
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "IMS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (embedded database and local store).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Database URL (`sqlite://…` or `postgres://…`).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+impl NodeArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(url) = &self.database_url {
+            config.database_url = Some(url.clone());
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// URL clients reach this node at (catalog, Location headers).
+    #[arg(long)]
+    public_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct AdminArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Projects.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Role assignments (admin, member, reader).
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Remove orphaned blobs and reset dead uploads now.
+    Gc,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProjectCommand {
+    Create { name: String },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    Create {
+        name: String,
+        #[arg(long, env = "IMS_NEW_USER_PASSWORD")]
+        password: String,
+        /// Give the user a role on this project right away.
+        #[arg(long, requires = "role")]
+        project: Option<String>,
+        #[arg(long, requires = "project")]
+        role: Option<String>,
+    },
+    SetPassword {
+        name: String,
+        #[arg(long, env = "IMS_NEW_USER_PASSWORD")]
+        password: String,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleCommand {
+    Add {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        project: String,
+        role: String,
+    },
+    Remove {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        project: String,
+        role: String,
+    },
+    List,
+}
+
+fn by_name(name: &str) -> Named {
+    Named::Name { name: name.to_string(), domain: DomainRef::Name("Default".into()) }
+}
+
+fn parse_role(role: &str) -> anyhow::Result<Role> {
+    Role::parse(role).with_context(|| format!("unknown role {role:?}: use admin, member or reader"))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = args.node.load()?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    config.listen = bound;
+    if let Some(url) = args.public_url {
+        config.public_url = Some(url);
+    }
+    let app = Arc::new(App::open(config).await.map_err(|e| anyhow::anyhow!("opening stores: {e}"))?);
+    let admin_password = std::env::var("IMS_ADMIN_PASSWORD").ok();
+    if let Some(generated) = app.identity.bootstrap(admin_password.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        println!("Bootstrapped user 'admin' in project 'admin' with password: {generated}");
+        println!("(shown once; set IMS_ADMIN_PASSWORD to choose it)");
+    }
+    let images = app.images.clone();
+    tokio::spawn(async move {
+        loop {
+            match images.collect_garbage().await {
+                Ok(report) if report != Default::default() => tracing::info!(?report, "garbage collected"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+            tokio::time::sleep(ims_core::gc::GC_INTERVAL).await;
+        }
+    });
+    let router = ims_api::router(app.clone());
+    println!("ims listening on http://{bound}");
+    std::io::stdout().flush()?;
+    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    let config = args.node.load()?;
+    let app = App::open(config).await.map_err(|e| anyhow::anyhow!("opening stores: {e}"))?;
+    let ids = &app.identity;
+    let fail = |e: ims_core::ServiceError| anyhow::anyhow!("{e}");
+    match args.command {
+        AdminCommand::Project(ProjectCommand::Create { name }) => {
+            let p = ids.create_project(&name).await.map_err(fail)?;
+            println!("{}\t{}", p.id, p.name);
+        }
+        AdminCommand::Project(ProjectCommand::List) => {
+            for p in ids.meta().list_projects().await? {
+                println!("{}\t{}", p.id, p.name);
+            }
+        }
+        AdminCommand::User(UserCommand::Create { name, password, project, role }) => {
+            let u = ids.create_user(&name, &password).await.map_err(fail)?;
+            if let (Some(project), Some(role)) = (project, role) {
+                ids.assign_role(&by_name(&name), &by_name(&project), parse_role(&role)?, true).await.map_err(fail)?;
+            }
+            println!("{}\t{}", u.id, u.name);
+        }
+        AdminCommand::User(UserCommand::SetPassword { name, password }) => {
+            ids.set_password(&by_name(&name), &password).await.map_err(fail)?;
+        }
+        AdminCommand::User(UserCommand::List) => {
+            for u in ids.meta().list_users().await? {
+                println!("{}\t{}", u.id, u.name);
+            }
+        }
+        AdminCommand::Role(RoleCommand::Add { user, project, role }) => {
+            ids.assign_role(&by_name(&user), &by_name(&project), parse_role(&role)?, true).await.map_err(fail)?;
+        }
+        AdminCommand::Role(RoleCommand::Remove { user, project, role }) => {
+            ids.assign_role(&by_name(&user), &by_name(&project), parse_role(&role)?, false).await.map_err(fail)?;
+        }
+        AdminCommand::Role(RoleCommand::List) => {
+            let meta = ids.meta();
+            for (user_id, project_id, role) in meta.list_role_assignments().await? {
+                let user = meta.get_user(&user_id).await?.map(|u| u.name).unwrap_or(user_id);
+                let project = meta.get_project(&project_id).await?.map(|p| p.name).unwrap_or(project_id);
+                println!("{user}\t{project}\t{}", role.as_str());
+            }
+        }
+        AdminCommand::Gc => {
+            let report = app.images.collect_garbage().await.map_err(fail)?;
+            println!("orphan blobs deleted: {}, stale uploads reset: {}", report.orphan_blobs_deleted, report.stale_uploads_reset);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the async runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Admin(args) => admin(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Image(args) => client::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ims: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Wiring: opens the stores a [`Config`] names and builds the services on top of them.
+
+use std::sync::Arc;
+
+use ims_blob::BlobStore;
+use ims_blob::local::LocalBlobStore;
+use ims_meta::MetaStore;
+use ims_meta::sql::SqlStore;
+
+use crate::config::Config;
+use crate::error::{ServiceError, ServiceResult};
+use crate::identity::IdentityService;
+use crate::images::ImageService;
+
+/// The name the single local store is known by in image records.
+pub const LOCAL_STORE_NAME: &str = "local";
+
+/// Everything a node serves with.
+pub struct App {
+    pub config: Config,
+    pub identity: Arc<IdentityService>,
+    pub images: Arc<ImageService>,
+}
+
+impl App {
+    /// Opens the configured database (running migrations) and store.
+    pub async fn open(config: Config) -> ServiceResult<App> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            ServiceError::internal(
+                &format!("creating data dir {}", config.data_dir.display()),
+                &e,
+            )
+        })?;
+        let meta: Arc<dyn MetaStore> = Arc::new(SqlStore::connect(&config.database_url()).await?);
+        let blobs: Arc<dyn BlobStore> = Arc::new(LocalBlobStore::open(config.store_path())?);
+        Self::with_stores(config, meta, blobs).await
+    }
+
+    /// Builds the services over given stores (the in-memory fakes in tests).
+    pub async fn with_stores(
+        config: Config,
+        meta: Arc<dyn MetaStore>,
+        blobs: Arc<dyn BlobStore>,
+    ) -> ServiceResult<App> {
+        let identity = Arc::new(IdentityService::open(meta.clone(), config.token_ttl_secs).await?);
+        let images = Arc::new(ImageService::new(
+            meta,
+            blobs,
+            LOCAL_STORE_NAME.into(),
+            config.limits.clone(),
+        ));
+        Ok(App {
+            config,
+            identity,
+            images,
+        })
+    }
+
+    /// In-memory stores; for tests.
+    pub async fn in_memory(config: Config) -> App {
+        let meta: Arc<dyn MetaStore> = Arc::new(ims_meta::memory::MemoryStore::default());
+        let blobs: Arc<dyn BlobStore> = Arc::new(ims_blob::memory::MemoryBlobStore::new());
+        Self::with_stores(config, meta, blobs)
+            .await
+            .expect("in-memory stores open")
+    }
+}

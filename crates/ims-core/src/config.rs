@@ -1,0 +1,242 @@
+//! The one configuration of a node: TOML file, then `IMS_*` environment overrides, with defaults
+//! that run (embedded SQLite and a local directory under the data dir).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server listens on. Env `IMS_LISTEN`.
+    pub listen: SocketAddr,
+    /// Base URL clients reach this node at, used in the catalog and `Location` headers.
+    /// Default: `http://<listen>`. Env `IMS_PUBLIC_URL`.
+    pub public_url: Option<String>,
+    /// Directory for the embedded database and local store. Env `IMS_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`. Default: SQLite in the data dir. Env `IMS_DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// Region name in the catalog. Env `IMS_REGION`.
+    pub region: String,
+    /// Lifetime of issued tokens in seconds. Env `IMS_TOKEN_TTL_SECS`.
+    pub token_ttl_secs: u64,
+    pub store: StoreConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum StoreConfig {
+    /// Image data in a local directory. `path` defaults to `<data_dir>/store`.
+    /// Env `IMS_STORE_PATH`.
+    Local { path: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest image in bytes (Glance's `image_size_cap`). Env `IMS_IMAGE_SIZE_CAP`.
+    pub image_size_cap: u64,
+    /// Bytes of image data a project may store in total; unset = unlimited.
+    /// Env `IMS_IMAGE_SIZE_TOTAL`.
+    pub image_size_total: Option<u64>,
+    /// Largest JSON request body in bytes. Env `IMS_MAX_JSON_BODY`.
+    pub max_json_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            image_size_cap: 1 << 40,
+            image_size_total: None,
+            max_json_body: 1 << 20,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9292)),
+            public_url: None,
+            data_dir: PathBuf::from("ims-data"),
+            database_url: None,
+            region: "RegionOne".into(),
+            token_ttl_secs: 3600,
+            store: StoreConfig::Local { path: None },
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Reading {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path}: {source}")]
+    Parsing {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Env {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+fn env_parse<T: std::str::FromStr>(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+    slot: &mut T,
+) -> Result<(), ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Some(value) = get(name) {
+        *slot = value.parse().map_err(|e: T::Err| ConfigError::Env {
+            name,
+            value,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `IMS_*` variables from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(file, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_with(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Reading {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parsing {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+            }
+            None => Config::default(),
+        };
+        env_parse(env, "IMS_LISTEN", &mut config.listen)?;
+        if let Some(url) = env("IMS_PUBLIC_URL") {
+            config.public_url = Some(url);
+        }
+        if let Some(dir) = env("IMS_DATA_DIR") {
+            config.data_dir = PathBuf::from(dir);
+        }
+        if let Some(url) = env("IMS_DATABASE_URL") {
+            config.database_url = Some(url);
+        }
+        if let Some(region) = env("IMS_REGION") {
+            config.region = region;
+        }
+        env_parse(env, "IMS_TOKEN_TTL_SECS", &mut config.token_ttl_secs)?;
+        if let Some(path) = env("IMS_STORE_PATH") {
+            config.store = StoreConfig::Local {
+                path: Some(PathBuf::from(path)),
+            };
+        }
+        env_parse(env, "IMS_IMAGE_SIZE_CAP", &mut config.limits.image_size_cap)?;
+        if let Some(value) = env("IMS_IMAGE_SIZE_TOTAL") {
+            let total = value
+                .parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                    name: "IMS_IMAGE_SIZE_TOTAL",
+                    value,
+                    reason: e.to_string(),
+                })?;
+            config.limits.image_size_total = Some(total);
+        }
+        env_parse(env, "IMS_MAX_JSON_BODY", &mut config.limits.max_json_body)?;
+        Ok(config)
+    }
+
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("ims.sqlite").display()
+            )
+        })
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        match &self.store {
+            StoreConfig::Local { path } => {
+                path.clone().unwrap_or_else(|| self.data_dir.join("store"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_embedded() {
+        let c = Config::load_with(None, &|_| None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9292");
+        assert_eq!(c.public_url(), "http://127.0.0.1:9292");
+        assert_eq!(c.database_url(), "sqlite://ims-data/ims.sqlite?mode=rwc");
+        assert_eq!(c.store_path(), PathBuf::from("ims-data/store"));
+    }
+
+    #[test]
+    fn file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ims.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:80\"\nregion = \"R1\"\n[store]\nkind = \"local\"\npath = \"/srv/x\"\n[limits]\nimage_size_cap = 10\n",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "IMS_REGION").then(|| "R2".to_string());
+        let c = Config::load_with(Some(&path), &env).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:80");
+        assert_eq!(c.region, "R2");
+        assert_eq!(c.store_path(), PathBuf::from("/srv/x"));
+        assert_eq!(c.limits.image_size_cap, 10);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_env_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ims.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        assert!(matches!(
+            Config::load_with(Some(&path), &|_| None),
+            Err(ConfigError::Parsing { .. })
+        ));
+        let env = |k: &str| (k == "IMS_LISTEN").then(|| "nope".to_string());
+        let err = Config::load_with(None, &env).unwrap_err();
+        assert!(err.to_string().contains("IMS_LISTEN"), "{err}");
+    }
+}

@@ -1,0 +1,81 @@
+//! Garbage collection of what crashes leave behind: blobs no image references (a process died
+//! between committing data and publishing the image) and `saving` images whose upload died.
+
+use std::time::Duration;
+
+use ims_blob::BlobStore;
+use ims_domain::query::{MatchField, VisibilityFilter};
+use ims_domain::{ImageListQuery, ImageStatus, ListScope};
+use ims_meta::MetaStore;
+
+use crate::error::ServiceResult;
+use crate::images::ImageService;
+use crate::upload::STALE_SAVING_AFTER;
+
+/// Unreferenced blobs younger than this may belong to an upload about to publish; keep them.
+pub const ORPHAN_MIN_AGE: Duration = Duration::from_secs(600);
+/// How often a serving node runs the collector.
+pub const GC_INTERVAL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcReport {
+    pub orphan_blobs_deleted: usize,
+    pub stale_uploads_reset: usize,
+}
+
+/// Deletes blobs that no image references and that are older than `min_age`.
+pub async fn delete_orphan_blobs(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    min_age: Duration,
+) -> ServiceResult<usize> {
+    let referenced: std::collections::HashSet<String> =
+        meta.referenced_blob_keys().await?.into_iter().collect();
+    let cutoff = time::OffsetDateTime::now_utc().unix_timestamp() - min_age.as_secs() as i64;
+    let mut deleted = 0;
+    for blob in blobs.list().await? {
+        if blob.modified_unix <= cutoff && !referenced.contains(blob.key.as_str()) {
+            tracing::info!(blob = %blob.key, size = blob.size, "deleting orphaned blob");
+            blobs.delete(&blob.key).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+impl ImageService {
+    /// Resets `saving` images whose upload stopped sending heartbeats longer than `stale_after` ago.
+    pub async fn reset_stale_uploads(&self, stale_after: Duration) -> ServiceResult<usize> {
+        let mut query = ImageListQuery::new(ListScope::All);
+        query.visibility = Some(VisibilityFilter::All);
+        query.os_hidden = None;
+        query.matches.push((
+            MatchField::Status,
+            vec![ImageStatus::Saving.as_str().to_string()],
+        ));
+        query.limit = ims_domain::query::MAX_LIST_LIMIT;
+        let cutoff = ims_domain::now() - stale_after;
+        let mut reset = 0;
+        for image in self.meta.list_images(&query).await? {
+            if image.updated_at < cutoff {
+                tracing::info!(image_id = %image.id, "resetting upload that stopped to queued");
+                self.restore_queued(image.id).await;
+                reset += 1;
+            }
+        }
+        Ok(reset)
+    }
+
+    /// One collection pass.
+    pub async fn collect_garbage(&self) -> ServiceResult<GcReport> {
+        Ok(GcReport {
+            stale_uploads_reset: self.reset_stale_uploads(STALE_SAVING_AFTER).await?,
+            orphan_blobs_deleted: delete_orphan_blobs(
+                self.meta.as_ref(),
+                self.blobs.as_ref(),
+                ORPHAN_MIN_AGE,
+            )
+            .await?,
+        })
+    }
+}

@@ -1,0 +1,446 @@
+//! The image service: create, show, list, update, delete, (de)activate, tags, members and
+//! downloads, with Glance's policy. Uploads live in [`crate::upload`].
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use ims_blob::{BlobKey, BlobStore, BlobStream};
+use ims_domain::image::{MAX_MEMBERS, MAX_TAGS, validate_tag};
+use ims_domain::{
+    Caller, ErrorKind, Image, ImageListQuery, ImageStatus, ListScope, Member, MemberStatus,
+    Visibility, policy,
+};
+use ims_meta::{MetaError, MetaStore};
+
+use crate::config::Limits;
+use crate::error::{ServiceError, ServiceResult};
+use crate::patch::{self, AttrValue, PatchDialect, PatchOp};
+
+/// Retries of an optimistic update that lost a race before giving up with 409.
+const MAX_UPDATE_ATTEMPTS: usize = 8;
+
+pub struct ImageService {
+    pub(crate) meta: Arc<dyn MetaStore>,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) store_name: String,
+    pub(crate) limits: Limits,
+}
+
+/// An image ready to stream: its record and the number of bytes it holds.
+pub struct Download {
+    pub image: Image,
+    pub size: u64,
+}
+
+fn no_image(id: &str) -> ServiceError {
+    ServiceError::not_found(format!("No image found with ID {id}"))
+}
+
+/// Parses an image id as it appears in a path; anything that is not a UUID cannot exist.
+pub fn parse_image_id(id: &str) -> ServiceResult<uuid::Uuid> {
+    uuid::Uuid::parse_str(id).map_err(|_| no_image(id))
+}
+
+impl ImageService {
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        blobs: Arc<dyn BlobStore>,
+        store_name: String,
+        limits: Limits,
+    ) -> Self {
+        ImageService {
+            meta,
+            blobs,
+            store_name,
+            limits,
+        }
+    }
+
+    pub fn store_name(&self) -> &str {
+        &self.store_name
+    }
+
+    /// What a project stores, for `/v2/info/usage`.
+    pub async fn usage(&self, project_id: &str) -> ServiceResult<ims_meta::ProjectUsage> {
+        Ok(self.meta.project_usage(project_id).await?)
+    }
+
+    /// The caller's membership of the image, when it matters for visibility.
+    async fn membership(&self, caller: &Caller, image: &Image) -> ServiceResult<Option<Member>> {
+        if image.visibility != Visibility::Shared
+            || image.owner.as_deref() == Some(caller.project_id.as_str())
+        {
+            return Ok(None);
+        }
+        Ok(self.meta.get_member(image.id, &caller.project_id).await?)
+    }
+
+    /// The image if it exists, is not deleted and the caller may see it; else 404.
+    async fn visible(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+    ) -> ServiceResult<(Image, Option<Member>)> {
+        let image = self
+            .meta
+            .get_image(id)
+            .await?
+            .filter(|i| i.status != ImageStatus::Deleted);
+        let image = image.ok_or_else(|| no_image(&id.to_string()))?;
+        let membership = self.membership(caller, &image).await?;
+        policy::require_visible(caller, &image, membership.as_ref())?;
+        Ok((image, membership))
+    }
+
+    /// The image if the caller may change it (admin or member of the owning project).
+    pub(crate) async fn owned(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        action: &str,
+    ) -> ServiceResult<Image> {
+        let (image, membership) = self.visible(caller, id).await?;
+        policy::require_owner_member(caller, &image, membership.as_ref(), action)?;
+        Ok(image)
+    }
+
+    /// Reads, changes and writes an image, retrying when a concurrent writer got there first.
+    /// `change` sees the freshest record each time and may refuse.
+    pub(crate) async fn mutate(
+        &self,
+        id: uuid::Uuid,
+        mut change: impl FnMut(&mut Image) -> ServiceResult<()>,
+    ) -> ServiceResult<Image> {
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let mut image = self
+                .meta
+                .get_image(id)
+                .await?
+                .ok_or_else(|| no_image(&id.to_string()))?;
+            if image.status == ImageStatus::Deleted {
+                return Err(no_image(&id.to_string()));
+            }
+            change(&mut image)?;
+            image.updated_at = ims_domain::now();
+            match self.meta.update_image(&image).await {
+                Ok(updated) => return Ok(updated),
+                Err(MetaError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::conflict(
+            "The image is being changed by another request; try again.",
+        ))
+    }
+
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        attrs: &[(String, AttrValue)],
+    ) -> ServiceResult<Image> {
+        let get = |key: &str| attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        let owner = match get("owner") {
+            None | Some(AttrValue::Null) => Some(caller.project_id.clone()),
+            Some(AttrValue::Str(o)) => Some(o.clone()),
+            Some(_) => {
+                return Err(ServiceError::invalid(
+                    "Provided object does not match schema 'image': owner must be a string",
+                ));
+            }
+        };
+        policy::require_create(caller, owner.as_deref())?;
+        let id = match get("id") {
+            None => uuid::Uuid::new_v4(),
+            Some(AttrValue::Str(s)) => uuid::Uuid::parse_str(s).map_err(|_| {
+                ServiceError::invalid(format!(
+                    "Provided object does not match schema 'image': '{s}' is not a 'uuid'"
+                ))
+            })?,
+            Some(_) => {
+                return Err(ServiceError::invalid(
+                    "Provided object does not match schema 'image': id must be a string",
+                ));
+            }
+        };
+        let mut image = Image::new(id, owner, ims_domain::now());
+        patch::apply_create(&mut image, caller, attrs)?;
+        self.meta.create_image(&image).await.map_err(|e| match e {
+            MetaError::AlreadyExists(_) => ServiceError::new(
+                ErrorKind::AlreadyExists,
+                format!("An image with identifier {id} already exists"),
+            ),
+            e => e.into(),
+        })?;
+        Ok(image)
+    }
+
+    pub async fn get(&self, caller: &Caller, id: uuid::Uuid) -> ServiceResult<Image> {
+        Ok(self.visible(caller, id).await?.0)
+    }
+
+    /// One page of images; the scope comes from the caller, everything else from `query`.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        mut query: ImageListQuery,
+    ) -> ServiceResult<Vec<Image>> {
+        if !caller.is_reader() {
+            return Err(ServiceError::forbidden(
+                "You are not authorized to complete get_images action.",
+            ));
+        }
+        query.scope = if caller.is_admin() {
+            ListScope::All
+        } else {
+            ListScope::Project(caller.project_id.clone())
+        };
+        match self.meta.list_images(&query).await {
+            Err(MetaError::MarkerNotFound(id)) => Err(ServiceError::invalid(format!(
+                "Marker {id} could not be found."
+            ))),
+            other => Ok(other?),
+        }
+    }
+
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        ops: &[PatchOp],
+        dialect: PatchDialect,
+    ) -> ServiceResult<Image> {
+        self.owned(caller, id, "modify_image").await?;
+        self.mutate(id, |image| patch::apply_patch(image, caller, ops, dialect))
+            .await
+    }
+
+    pub async fn delete(&self, caller: &Caller, id: uuid::Uuid) -> ServiceResult<()> {
+        self.owned(caller, id, "delete_image").await?;
+        let mut blob = None;
+        self.mutate(id, |image| {
+            if image.protected {
+                return Err(ServiceError::forbidden(format!(
+                    "Image {id} is protected and cannot be deleted."
+                )));
+            }
+            image.transition(ImageStatus::Deleted)?;
+            image.deleted_at = Some(ims_domain::now());
+            blob = image.data.take().map(|d| d.blob_key);
+            Ok(())
+        })
+        .await?;
+        // The record no longer references the blob; if this delete fails, the collector will.
+        if let Some(key) = blob.and_then(|k| BlobKey::parse(&k).ok())
+            && let Err(e) = self.blobs.delete(&key).await
+        {
+            tracing::warn!(image_id = %id, error = %e, "deleting image data failed; garbage collection will retry");
+        }
+        Ok(())
+    }
+
+    /// `deactivate` (active → deactivated) or `reactivate` (deactivated → active). Doing it
+    /// twice is a no-op; any other status is 403, as in Glance.
+    pub async fn set_active(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        active: bool,
+    ) -> ServiceResult<()> {
+        let action = if active { "reactivate" } else { "deactivate" };
+        self.owned(caller, id, action).await?;
+        self.mutate(id, |image| {
+            let (from, to) = if active {
+                (ImageStatus::Deactivated, ImageStatus::Active)
+            } else {
+                (ImageStatus::Active, ImageStatus::Deactivated)
+            };
+            match image.status {
+                s if s == to => Ok(()),
+                s if s == from => image.transition(to).map_err(Into::into),
+                s => Err(ServiceError::forbidden(format!(
+                    "Not allowed to {action} image in status '{}'",
+                    s.as_str()
+                ))),
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn add_tag(&self, caller: &Caller, id: uuid::Uuid, tag: &str) -> ServiceResult<()> {
+        self.owned(caller, id, "modify_image").await?;
+        validate_tag(tag)?;
+        self.mutate(id, |image| {
+            if !image.tags.contains(tag) && image.tags.len() >= MAX_TAGS {
+                return Err(ServiceError::too_large(format!(
+                    "Maximum number of tags exceeded ({MAX_TAGS})"
+                )));
+            }
+            image.tags.insert(tag.to_string());
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_tag(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        tag: &str,
+    ) -> ServiceResult<()> {
+        self.owned(caller, id, "modify_image").await?;
+        self.mutate(id, |image| {
+            if !image.tags.remove(tag) {
+                return Err(ServiceError::not_found(format!("Tag {tag} not found")));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Prepares a download: policy, status rules; `None` data means "no content" (204).
+    pub async fn download(&self, caller: &Caller, id: uuid::Uuid) -> ServiceResult<Download> {
+        let (image, membership) = self.visible(caller, id).await?;
+        policy::require_download(caller, &image, membership.as_ref())?;
+        if image.status == ImageStatus::Deactivated && !caller.is_admin() {
+            return Err(ServiceError::forbidden(
+                "The requested image has been deactivated. Image data download is forbidden.",
+            ));
+        }
+        let size = image.data.as_ref().map(|d| d.size as u64).unwrap_or(0);
+        Ok(Download { image, size })
+    }
+
+    /// Streams the download's data (or a byte range of it). Call only when the image has data.
+    pub async fn open_data(
+        &self,
+        download: &Download,
+        range: Option<Range<u64>>,
+    ) -> ServiceResult<BlobStream> {
+        let data = download
+            .image
+            .data
+            .as_ref()
+            .ok_or_else(|| ServiceError::not_found("The image has no data"))?;
+        let key = BlobKey::parse(&data.blob_key)
+            .map_err(|e| ServiceError::internal("image blob key", &e))?;
+        Ok(self.blobs.open(&key, range).await?)
+    }
+
+    // Members.
+
+    fn require_shared(image: &Image) -> ServiceResult<()> {
+        if image.visibility != Visibility::Shared {
+            return Err(ServiceError::forbidden(format!(
+                "Only shared images have members. Image {} has visibility {}.",
+                image.id,
+                image.visibility.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn add_member(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        member_id: &str,
+    ) -> ServiceResult<Member> {
+        let image = self.owned(caller, id, "add_member").await?;
+        Self::require_shared(&image)?;
+        if member_id.is_empty() || member_id.chars().count() > ims_domain::image::MAX_STRING_LEN {
+            return Err(ServiceError::invalid(
+                "Member id must be 1 to 255 characters",
+            ));
+        }
+        if self.meta.list_members(id).await?.len() >= MAX_MEMBERS {
+            return Err(ServiceError::too_large(format!(
+                "Maximum number of members exceeded ({MAX_MEMBERS})"
+            )));
+        }
+        let now = ims_domain::now();
+        let member = Member {
+            image_id: id,
+            member_id: member_id.to_string(),
+            status: MemberStatus::Pending,
+            created_at: now,
+            updated_at: now,
+        };
+        self.meta.add_member(&member).await.map_err(|e| match e {
+            MetaError::AlreadyExists(_) => {
+                ServiceError::conflict(format!("Member {member_id} already exists for image {id}."))
+            }
+            e => e.into(),
+        })?;
+        Ok(member)
+    }
+
+    pub async fn list_members(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+    ) -> ServiceResult<Vec<Member>> {
+        let (image, _) = self.visible(caller, id).await?;
+        Self::require_shared(&image)?;
+        let members = self.meta.list_members(id).await?;
+        Ok(members
+            .into_iter()
+            .filter(|m| policy::can_see_member(caller, &image, &m.member_id))
+            .collect())
+    }
+
+    pub async fn get_member(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        member_id: &str,
+    ) -> ServiceResult<Member> {
+        let (image, _) = self.visible(caller, id).await?;
+        Self::require_shared(&image)?;
+        let not_found =
+            || ServiceError::not_found(format!("Member {member_id} not found for image {id}."));
+        if !policy::can_see_member(caller, &image, member_id) {
+            return Err(not_found());
+        }
+        self.meta
+            .get_member(id, member_id)
+            .await?
+            .ok_or_else(not_found)
+    }
+
+    pub async fn update_member(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        member_id: &str,
+        status: MemberStatus,
+    ) -> ServiceResult<Member> {
+        let mut member = self.get_member(caller, id, member_id).await?;
+        policy::require_member_answer(caller, member_id)?;
+        member.status = status;
+        member.updated_at = ims_domain::now();
+        self.meta.update_member(&member).await?;
+        Ok(member)
+    }
+
+    pub async fn delete_member(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        member_id: &str,
+    ) -> ServiceResult<()> {
+        let image = self.owned(caller, id, "delete_member").await?;
+        Self::require_shared(&image)?;
+        self.meta
+            .delete_member(id, member_id)
+            .await
+            .map_err(|e| match e {
+                MetaError::NotFound(_) => {
+                    ServiceError::not_found(format!("Member {member_id} not found for image {id}."))
+                }
+                e => e.into(),
+            })
+    }
+}

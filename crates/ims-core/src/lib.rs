@@ -1,0 +1,16 @@
+//! The services of `ims`: what the HTTP layer and the CLI call. They take typed input, enforce
+//! policy and quotas, orchestrate the metadata and blob stores, and answer with domain values or
+//! a [`ServiceError`] carrying a stable [`ErrorKind`](ims_domain::ErrorKind).
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod gc;
+pub mod identity;
+pub mod images;
+pub mod patch;
+pub mod upload;
+
+pub use app::App;
+pub use config::Config;
+pub use error::{ServiceError, ServiceResult};

@@ -1,0 +1,274 @@
+//! Uploads: stream the body into a new blob while md5 and sha512 run on their own threads and
+//! the head and tail are kept for format inspection; enforce the size cap, the project quota and
+//! the declared size while streaming; publish the image only after its data is durable and
+//! inspected. Any failure discards the blob and puts the image back to `queued` untouched.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use ims_blob::hash::StreamHasher;
+use ims_blob::{BlobKey, BlobWriter};
+use ims_diskfmt::probe::{InspectionWindow, probe};
+use ims_domain::image::ImageData;
+use ims_domain::{Caller, Image, ImageStatus};
+
+use crate::error::{ServiceError, ServiceResult};
+use crate::images::ImageService;
+
+/// How often a running upload refreshes its image's `updated_at`, so other nodes can tell a
+/// live upload from one whose process died.
+pub const UPLOAD_HEARTBEAT: Duration = Duration::from_secs(30);
+/// A `saving` image not refreshed for this long belongs to a dead upload; the collector resets it.
+pub const STALE_SAVING_AFTER: Duration = Duration::from_secs(180);
+
+/// Bytes gathered before a chunk is handed to the writer and hashers: fewer, larger hops.
+const COALESCE_BYTES: usize = 1 << 20;
+
+/// Why the stream stopped early; reported after the image is restored.
+struct Abort(ServiceError);
+
+impl ImageService {
+    /// `PUT /v2/images/{id}/file`. `declared_size` is the client's `x-openstack-image-size`.
+    pub async fn upload<S, E>(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        body: S,
+        declared_size: Option<u64>,
+    ) -> ServiceResult<Image>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let image = self.owned(caller, id, "upload_image").await?;
+        let owner = image.owner.clone();
+        let image = self
+            .mutate(id, |image| {
+                image.require_formats()?;
+                image.transition(ImageStatus::Saving)?;
+                Ok(())
+            })
+            .await?;
+        let disk_format = image.disk_format.clone().unwrap_or_default();
+
+        let outcome = self
+            .stream_into_blob(id, owner.as_deref(), body, declared_size)
+            .await;
+        let (key, size, hashes, window) = match outcome {
+            Ok(parts) => parts,
+            Err(Abort(err)) => {
+                self.restore_queued(id).await;
+                return Err(err);
+            }
+        };
+
+        let inspected = tokio::task::spawn_blocking(move || {
+            let probe = probe(&window).map_err(|e| {
+                ServiceError::invalid(format!("Image data could not be inspected: {e}"))
+            })?;
+            probe
+                .check_declared(&disk_format)
+                .map_err(|e| ServiceError::invalid(e.to_string()))?;
+            Ok::<_, ServiceError>(probe.virtual_size)
+        })
+        .await
+        .map_err(|e| ServiceError::internal("inspecting upload", &e))?;
+        let virtual_size = match inspected {
+            Ok(v) => v.unwrap_or(size),
+            Err(err) => {
+                self.discard(&key).await;
+                self.restore_queued(id).await;
+                return Err(err);
+            }
+        };
+
+        let data = ImageData {
+            blob_key: key.as_str().to_string(),
+            store: self.store_name.clone(),
+            size: size as i64,
+            checksum: hashes.md5,
+            os_hash_algo: "sha512".into(),
+            os_hash_value: hashes.sha512,
+            virtual_size: Some(virtual_size as i64),
+        };
+        let published = self
+            .mutate(id, |image| {
+                if image.status != ImageStatus::Saving {
+                    return Err(ServiceError::new(
+                        ims_domain::ErrorKind::Conflict,
+                        format!(
+                            "Image {id} changed to {} during upload",
+                            image.status.as_str()
+                        ),
+                    ));
+                }
+                image.transition(ImageStatus::Active)?;
+                image.data = Some(data.clone());
+                Ok(())
+            })
+            .await;
+        if published.is_err() {
+            self.discard(&key).await;
+            if self
+                .meta
+                .get_image(id)
+                .await
+                .ok()
+                .flatten()
+                .is_none_or(|i| i.status == ImageStatus::Deleted)
+            {
+                return Err(ServiceError::new(
+                    ims_domain::ErrorKind::Gone,
+                    "Image was deleted during upload.",
+                ));
+            }
+        }
+        published
+    }
+
+    /// Streams `body` into a fresh blob. On error nothing is left behind (the writer is dropped).
+    async fn stream_into_blob<S, E>(
+        &self,
+        id: uuid::Uuid,
+        owner: Option<&str>,
+        mut body: S,
+        declared_size: Option<u64>,
+    ) -> Result<(BlobKey, u64, ims_blob::hash::StreamHashes, InspectionWindow), Abort>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let cap = self.limits.image_size_cap;
+        let quota_left = match (self.limits.image_size_total, owner) {
+            (Some(total), Some(owner)) => {
+                let used = self
+                    .meta
+                    .project_usage(owner)
+                    .await
+                    .map_err(|e| Abort(e.into()))?
+                    .image_size_total;
+                Some(total.saturating_sub(used.max(0) as u64))
+            }
+            _ => None,
+        };
+        if let Some(declared) = declared_size {
+            if declared > cap {
+                return Err(Abort(ServiceError::too_large(format!(
+                    "Image size {declared} exceeds the limit of {cap} bytes."
+                ))));
+            }
+            if quota_left.is_some_and(|left| declared > left) {
+                return Err(Abort(quota_error()));
+            }
+        }
+
+        let key = BlobKey::for_image(id);
+        let mut writer: Box<dyn BlobWriter> =
+            self.blobs.create(&key).await.map_err(|e| Abort(e.into()))?;
+        let hasher = StreamHasher::new();
+        let mut window = InspectionWindow::builder();
+        let mut total: u64 = 0;
+        let mut pending = bytes::BytesMut::new();
+        let mut last_beat = Instant::now();
+
+        loop {
+            let next = body.next().await;
+            let chunk = match next {
+                Some(Ok(chunk)) => Some(chunk),
+                Some(Err(e)) => {
+                    return Err(Abort(ServiceError::invalid(format!(
+                        "Error reading the request body: {e}"
+                    ))));
+                }
+                None => None,
+            };
+            if let Some(chunk) = &chunk {
+                total += chunk.len() as u64;
+                if total > cap {
+                    return Err(Abort(ServiceError::too_large(format!(
+                        "Image exceeds the size limit of {cap} bytes."
+                    ))));
+                }
+                if quota_left.is_some_and(|left| total > left) {
+                    return Err(Abort(quota_error()));
+                }
+                if declared_size.is_some_and(|d| total > d) {
+                    return Err(Abort(ServiceError::invalid(format!(
+                        "The upload is larger than the declared size of {} bytes.",
+                        declared_size.unwrap_or_default()
+                    ))));
+                }
+                window.push(chunk);
+                pending.extend_from_slice(chunk);
+            }
+            if pending.len() >= COALESCE_BYTES || (chunk.is_none() && !pending.is_empty()) {
+                let block = pending.split().freeze();
+                hasher.update(block.clone()).await;
+                writer.write(block).await.map_err(|e| Abort(e.into()))?;
+            }
+            if chunk.is_none() {
+                break;
+            }
+            if last_beat.elapsed() >= UPLOAD_HEARTBEAT {
+                last_beat = Instant::now();
+                self.heartbeat(id).await;
+            }
+        }
+        if let Some(declared) = declared_size
+            && total != declared
+        {
+            return Err(Abort(ServiceError::invalid(format!(
+                "The upload ended after {total} bytes but {declared} were declared."
+            ))));
+        }
+        let hashes = hasher.finish().await;
+        writer.commit().await.map_err(|e| Abort(e.into()))?;
+        Ok((key, total, hashes, window.finish()))
+    }
+
+    async fn heartbeat(&self, id: uuid::Uuid) {
+        let beat = self
+            .mutate(id, |image| {
+                if image.status == ImageStatus::Saving {
+                    Ok(())
+                } else {
+                    Err(ServiceError::conflict("not saving"))
+                }
+            })
+            .await;
+        if let Err(e) = beat {
+            tracing::debug!(image_id = %id, error = %e, "upload heartbeat skipped");
+        }
+    }
+
+    async fn discard(&self, key: &BlobKey) {
+        if let Err(e) = self.blobs.delete(key).await {
+            tracing::warn!(blob = %key, error = %e, "discarding rejected upload failed; garbage collection will retry");
+        }
+    }
+
+    /// Puts a `saving` image back to `queued` with no data, as if the upload never happened.
+    pub(crate) async fn restore_queued(&self, id: uuid::Uuid) {
+        let restored = self
+            .mutate(id, |image| {
+                if image.status != ImageStatus::Saving {
+                    return Ok(());
+                }
+                image.transition(ImageStatus::Queued)?;
+                image.data = None;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = restored {
+            tracing::warn!(image_id = %id, error = %e, "restoring image to queued failed");
+        }
+    }
+}
+
+fn quota_error() -> ServiceError {
+    ServiceError::new(
+        ims_domain::ErrorKind::QuotaExceeded,
+        "Denying attempt to upload image because it exceeds the quota (image_size_total).",
+    )
+}
