@@ -93,9 +93,9 @@ ims() { "$IMS_BIN" image "$@"; }
 as_u2() { OS_USERNAME=u2 OS_PASSWORD=x OS_PROJECT_NAME=p2 "$IMS_BIN" image "$@"; }
 
 # --- second project -----------------------------------------------------------------------------
-run "admin project create p2" "$IMS_BIN" admin project create p2 --data-dir "$DATA"
-run "admin user create u2" "$IMS_BIN" admin user create u2 --password x --project p2 --role member \
-    --data-dir "$DATA"
+run "admin project create p2" "$IMS_BIN" admin --data-dir "$DATA" project create p2
+run "admin user create u2" "$IMS_BIN" admin --data-dir "$DATA" user create u2 --password x --project p2 \
+    --role member
 P2_ID="$(curl -sS -X POST "$BASE/identity/v3/auth/tokens" -H 'Content-Type: application/json' \
     -d '{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"u2","domain":{"name":"Default"},"password":"x"}}},"scope":{"project":{"name":"p2","domain":{"name":"Default"}}}}}' |
     json 'd["token"]["project"]["id"]')" || fail "u2 cannot get a token for p2"
@@ -228,7 +228,7 @@ run "p2 list while pending" as_u2 list --format csv
 assert_not_contains "$OUT" "$IMG" "pending image not in p2's default list"
 run "p2 list pending" as_u2 list --visibility shared --member-status pending --format csv
 assert_contains "$OUT" "$IMG" "pending image listed with --member-status pending"
-expect_rc 1 "owner cannot accept for the member" ims member accept "$IMG" "$P2_ID"
+expect_rc 1 "a member cannot add members" as_u2 member add "$IMG" some-other-project
 run "p2 accepts" as_u2 member accept "$IMG" --format json
 assert_eq "$(json 'd["status"]' <<<"$OUT")" accepted "member accepted"
 run "p2 list after accept" as_u2 list --format csv
