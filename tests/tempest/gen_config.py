@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 def accounts(sets):
     """Accounts in the order tempest's pre-provisioned allocator needs (recipe §3).
 
-    primary = a member whose project also has a reader; alt = the first free non-admin
+    primary = any member (its project must also have a reader); alt = the first free non-admin
     account in file order, so every second-project member comes before every reader.
     """
     members = [dict(user=f"tempest-member-{i}", project=f"tempest-p1-{i}", role="member")
@@ -32,6 +32,10 @@ def accounts(sets):
             for i in range(1, sets + 1)]
     readers = [dict(user=f"tempest-reader-{i}", project=f"tempest-p1-{i}", role="reader")
                for i in range(1, sets + 1)]
+    # Tempest may pick any member account as primary, second-project ones included, and then
+    # needs a reader in that project too.
+    readers += [dict(user=f"tempest-reader2-{i}", project=f"tempest-p2-{i}", role="reader")
+                for i in range(1, sets + 1)]
     admins = [dict(user=f"tempest-admin-{i}", project="admin", role="admin")
               for i in range(1, sets + 1)]
     return members + alts + readers + admins

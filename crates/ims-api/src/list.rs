@@ -240,6 +240,15 @@ pub fn parse_list_query(raw: Option<&str>) -> ApiResult<ImageListQuery> {
                 let (op, t) = parse_time_filter(key, value)?;
                 q.times.push((field, op, t));
             }
+            "size" => {
+                let n: i64 = value.parse().map_err(|_| {
+                    bad(format!(
+                        "Invalid value '{value}' for size: must be an integer"
+                    ))
+                })?;
+                q.size_min = Some(n);
+                q.size_max = Some(n);
+            }
             "size_min" | "size_max" => {
                 let n: i64 = value.parse().map_err(|_| {
                     bad(format!(

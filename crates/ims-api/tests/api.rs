@@ -1088,3 +1088,42 @@ async fn listing_pages_and_filters() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "unknown marker");
 }
+
+#[tokio::test]
+async fn non_bare_containers_are_checked_for_safety_not_format() {
+    let t = TestApp::new().await;
+    let tok = t.token("member1", "p1").await;
+    let img = t
+        .create(
+            &tok,
+            json!({"disk_format": "qcow2", "container_format": "ovf"}),
+        )
+        .await;
+    let id = img["id"].as_str().unwrap();
+    assert_eq!(
+        t.upload(&tok, id, vec![3u8; 4096]).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let shown = t.show(&tok, id).await;
+    assert_eq!(shown["status"], "active");
+    assert!(
+        shown["virtual_size"].is_null(),
+        "content is not the declared format, so no virtual size"
+    );
+    let img = t
+        .create(
+            &tok,
+            json!({"disk_format": "qcow2", "container_format": "ova"}),
+        )
+        .await;
+    let id = img["id"].as_str().unwrap();
+    let r = t
+        .upload(&tok, id, qcow2_header(64 << 20, Some("/etc/shadow")))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "a backing file is refused in any container"
+    );
+    assert!(String::from_utf8_lossy(&r.body).contains("/etc/shadow"));
+}

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use ims_blob::BlobStore;
 use ims_blob::local::LocalBlobStore;
 use ims_meta::MetaStore;
+use ims_meta::metadefs::MetadefStore;
 use ims_meta::sql::SqlStore;
 
 use crate::config::Config;
 use crate::error::{ServiceError, ServiceResult};
 use crate::identity::IdentityService;
 use crate::images::ImageService;
+use crate::metadefs::MetadefService;
 
 /// The name the single local store is known by in image records.
 pub const LOCAL_STORE_NAME: &str = "local";
@@ -20,6 +22,7 @@ pub struct App {
     pub config: Config,
     pub identity: Arc<IdentityService>,
     pub images: Arc<ImageService>,
+    pub metadefs: Arc<MetadefService>,
 }
 
 impl App {
@@ -31,17 +34,22 @@ impl App {
                 &e,
             )
         })?;
-        let meta: Arc<dyn MetaStore> = Arc::new(SqlStore::connect(&config.database_url()).await?);
+        let sql = Arc::new(SqlStore::connect(&config.database_url()).await?);
+        let meta: Arc<dyn MetaStore> = sql.clone();
+        let metadefs: Arc<dyn MetadefStore> = sql;
         let blobs: Arc<dyn BlobStore> = Arc::new(LocalBlobStore::open(config.store_path())?);
-        Self::with_stores(config, meta, blobs).await
+        Self::with_stores(config, meta, metadefs, blobs).await
     }
 
     /// Builds the services over given stores (the in-memory fakes in tests).
     pub async fn with_stores(
         config: Config,
         meta: Arc<dyn MetaStore>,
+        metadefs: Arc<dyn MetadefStore>,
         blobs: Arc<dyn BlobStore>,
     ) -> ServiceResult<App> {
+        let metadefs = Arc::new(MetadefService::new(metadefs));
+        metadefs.seed().await?;
         let identity = Arc::new(IdentityService::open(meta.clone(), config.token_ttl_secs).await?);
         let images = Arc::new(ImageService::new(
             meta,
@@ -53,14 +61,17 @@ impl App {
             config,
             identity,
             images,
+            metadefs,
         })
     }
 
     /// In-memory stores; for tests.
     pub async fn in_memory(config: Config) -> App {
         let meta: Arc<dyn MetaStore> = Arc::new(ims_meta::memory::MemoryStore::default());
+        let metadefs: Arc<dyn MetadefStore> =
+            Arc::new(ims_meta::metadefs::MemoryMetadefStore::new());
         let blobs: Arc<dyn BlobStore> = Arc::new(ims_blob::memory::MemoryBlobStore::new());
-        Self::with_stores(config, meta, blobs)
+        Self::with_stores(config, meta, metadefs, blobs)
             .await
             .expect("in-memory stores open")
     }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod gc;
 pub mod identity;
 pub mod images;
+pub mod metadefs;
 pub mod patch;
 pub mod upload;
 

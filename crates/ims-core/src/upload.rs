@@ -51,6 +51,7 @@ impl ImageService {
             })
             .await?;
         let disk_format = image.disk_format.clone().unwrap_or_default();
+        let bare = image.container_format.as_deref() == Some("bare");
 
         let outcome = self
             .stream_into_blob(id, owner.as_deref(), body, declared_size)
@@ -67,15 +68,22 @@ impl ImageService {
             let probe = probe(&window).map_err(|e| {
                 ServiceError::invalid(format!("Image data could not be inspected: {e}"))
             })?;
-            probe
-                .check_declared(&disk_format)
-                .map_err(|e| ServiceError::invalid(e.to_string()))?;
-            Ok::<_, ServiceError>(probe.virtual_size)
+            // A bare disk must be what it claims; other containers (OVA, docker, …) are not
+            // disk images themselves, but must still not smuggle references to other files.
+            let verdict = if bare {
+                probe.check_declared(&disk_format)
+            } else {
+                probe.check_safe(&disk_format)
+            };
+            verdict.map_err(|e| ServiceError::invalid(e.to_string()))?;
+            let is_declared =
+                probe.format.as_str() == disk_format || (bare && disk_format == "raw");
+            Ok::<_, ServiceError>(is_declared.then(|| probe.virtual_size.unwrap_or(size)))
         })
         .await
         .map_err(|e| ServiceError::internal("inspecting upload", &e))?;
         let virtual_size = match inspected {
-            Ok(v) => v.unwrap_or(size),
+            Ok(v) => v,
             Err(err) => {
                 self.discard(&key).await;
                 self.restore_queued(id).await;
@@ -90,7 +98,7 @@ impl ImageService {
             checksum: hashes.md5,
             os_hash_algo: "sha512".into(),
             os_hash_value: hashes.sha512,
-            virtual_size: Some(virtual_size as i64),
+            virtual_size: virtual_size.map(|v| v as i64),
         };
         let published = self
             .mutate(id, |image| {

@@ -193,6 +193,19 @@ impl Probe {
                 ),
             });
         }
+        self.check_safe(disk_format)
+    }
+
+    /// The safety half of [`Probe::check_declared`], for content that is not a bare disk (an
+    /// OVA, a compressed or docker container): whatever format it turns out to be, it must not
+    /// reference another file, fail a safety check, or be QED.
+    pub fn check_safe(&self, disk_format: &str) -> Result<(), Rejection> {
+        if self.format == Format::Qed {
+            return Err(Rejection {
+                kind: RejectionKind::UnsupportedFormat,
+                message: "Image format qed is not accepted (QED is banned like in Glance)".into(),
+            });
+        }
         let mbr_is_fatal = !matches!(disk_format, "aki" | "ari");
         let failures: Vec<String> = self
             .references
