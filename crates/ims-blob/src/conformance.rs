@@ -5,8 +5,18 @@ use futures::TryStreamExt;
 
 use crate::{BlobError, BlobKey, BlobStore};
 
-async fn read_all(store: &dyn BlobStore, key: &BlobKey, range: Option<std::ops::Range<u64>>) -> Vec<u8> {
-    let chunks: Vec<Bytes> = store.open(key, range).await.unwrap().try_collect().await.unwrap();
+async fn read_all(
+    store: &dyn BlobStore,
+    key: &BlobKey,
+    range: Option<std::ops::Range<u64>>,
+) -> Vec<u8> {
+    let chunks: Vec<Bytes> = store
+        .open(key, range)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     chunks.concat()
 }
 
@@ -26,14 +36,36 @@ async fn round_trip_and_ranges(store: &dyn BlobStore) {
     for chunk in data.chunks(65_536) {
         w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
     }
-    assert_eq!(w.commit().await.unwrap(), data.len() as u64, "commit returns the size");
+    assert_eq!(
+        w.commit().await.unwrap(),
+        data.len() as u64,
+        "commit returns the size"
+    );
     assert_eq!(store.size(&key).await.unwrap(), Some(data.len() as u64));
-    assert_eq!(read_all(store, &key, None).await, data, "full read round-trips");
-    assert_eq!(read_all(store, &key, Some(10..20)).await, &data[10..20], "inner range");
-    assert_eq!(read_all(store, &key, Some(2_999_990..3_000_000)).await, &data[2_999_990..], "tail range");
-    assert!(read_all(store, &key, Some(5..5)).await.is_empty(), "empty range");
+    assert_eq!(
+        read_all(store, &key, None).await,
+        data,
+        "full read round-trips"
+    );
+    assert_eq!(
+        read_all(store, &key, Some(10..20)).await,
+        &data[10..20],
+        "inner range"
+    );
+    assert_eq!(
+        read_all(store, &key, Some(2_999_990..3_000_000)).await,
+        &data[2_999_990..],
+        "tail range"
+    );
+    assert!(
+        read_all(store, &key, Some(5..5)).await.is_empty(),
+        "empty range"
+    );
     let past_end = store.open(&key, Some(10..3_000_001)).await;
-    assert!(matches!(past_end, Err(BlobError::RangeNotSatisfiable { .. })), "range past the end is refused");
+    assert!(
+        matches!(past_end, Err(BlobError::RangeNotSatisfiable { .. })),
+        "range past the end is refused"
+    );
     store.delete(&key).await.unwrap();
 }
 
@@ -41,17 +73,31 @@ async fn uncommitted_write_is_invisible(store: &dyn BlobStore) {
     let key = BlobKey::parse("images/uc/one").unwrap();
     let mut w = store.create(&key).await.unwrap();
     w.write(Bytes::from_static(b"half")).await.unwrap();
-    assert_eq!(store.size(&key).await.unwrap(), None, "nothing visible before commit");
+    assert_eq!(
+        store.size(&key).await.unwrap(),
+        None,
+        "nothing visible before commit"
+    );
     drop(w);
-    assert_eq!(store.size(&key).await.unwrap(), None, "nothing visible after a dropped writer");
+    assert_eq!(
+        store.size(&key).await.unwrap(),
+        None,
+        "nothing visible after a dropped writer"
+    );
     assert!(store.list().await.unwrap().iter().all(|b| b.key != key));
 }
 
 async fn missing_blobs(store: &dyn BlobStore) {
     let key = BlobKey::parse("images/none/x").unwrap();
-    assert!(matches!(store.open(&key, None).await, Err(BlobError::NotFound(_))));
+    assert!(matches!(
+        store.open(&key, None).await,
+        Err(BlobError::NotFound(_))
+    ));
     assert_eq!(store.size(&key).await.unwrap(), None);
-    store.delete(&key).await.expect("deleting a missing blob succeeds");
+    store
+        .delete(&key)
+        .await
+        .expect("deleting a missing blob succeeds");
 }
 
 async fn delete_and_list(store: &dyn BlobStore) {
@@ -62,11 +108,29 @@ async fn delete_and_list(store: &dyn BlobStore) {
         w.write(Bytes::from_static(b"xyz")).await.unwrap();
         w.commit().await.unwrap();
     }
-    let listed: Vec<_> = store.list().await.unwrap().into_iter().map(|i| (i.key, i.size)).collect();
-    assert!(listed.contains(&(a.clone(), 3)) && listed.contains(&(b.clone(), 3)), "list shows committed blobs");
+    let listed: Vec<_> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.key, i.size))
+        .collect();
+    assert!(
+        listed.contains(&(a.clone(), 3)) && listed.contains(&(b.clone(), 3)),
+        "list shows committed blobs"
+    );
     store.delete(&a).await.unwrap();
-    let listed: Vec<_> = store.list().await.unwrap().into_iter().map(|i| i.key).collect();
-    assert!(!listed.contains(&a) && listed.contains(&b), "delete removes only its blob");
+    let listed: Vec<_> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert!(
+        !listed.contains(&a) && listed.contains(&b),
+        "delete removes only its blob"
+    );
     store.delete(&b).await.unwrap();
 }
 

@@ -57,7 +57,10 @@ impl Default for StreamHasher {
 
 impl StreamHasher {
     pub fn new() -> StreamHasher {
-        StreamHasher { md5: Worker::spawn::<Md5>("ims-md5"), sha512: Worker::spawn::<Sha512>("ims-sha512") }
+        StreamHasher {
+            md5: Worker::spawn::<Md5>("ims-md5"),
+            sha512: Worker::spawn::<Sha512>("ims-sha512"),
+        }
     }
 
     /// Queues a chunk for both hashes; waits when the hashers fall behind.

@@ -31,7 +31,8 @@ impl BlobKey {
             !s.is_empty()
                 && s != "."
                 && s != ".."
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         };
         if key.len() > MAX_KEY_LEN || !key.split('/').all(valid_segment) {
             return Err(BlobError::InvalidKey(key.to_string()));
@@ -62,7 +63,12 @@ pub enum BlobError {
     #[error("blob {0} not found")]
     NotFound(BlobKey),
     #[error("range {start}..{end} is outside blob {key} of {size} bytes")]
-    RangeNotSatisfiable { key: BlobKey, start: u64, end: u64, size: u64 },
+    RangeNotSatisfiable {
+        key: BlobKey,
+        start: u64,
+        end: u64,
+        size: u64,
+    },
     #[error("{op} {key} failed: {source}")]
     Io {
         op: &'static str,
@@ -100,6 +106,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, key: &BlobKey) -> BlobResult<()>;
     /// Every committed blob, for the garbage collector.
     async fn list(&self) -> BlobResult<Vec<BlobInfo>>;
+    /// Removes writes that were never committed nor dropped (their process died) and are at
+    /// least `older_than` old; returns how many.
+    async fn sweep_incomplete(&self, older_than: std::time::Duration) -> BlobResult<usize>;
 }
 
 /// One blob being written. Dropping it without [`commit`](BlobWriter::commit) discards it.

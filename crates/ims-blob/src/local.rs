@@ -19,8 +19,6 @@ use crate::{BlobError, BlobInfo, BlobKey, BlobResult, BlobStore, BlobStream, Blo
 const READ_CHUNK: usize = 1 << 20;
 /// Chunks in flight between the file thread and the async side, in either direction.
 const CHANNEL_DEPTH: usize = 8;
-/// Temp files older than this at start-up belong to writes that died with their process.
-const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct LocalBlobStore {
@@ -28,11 +26,17 @@ pub struct LocalBlobStore {
 }
 
 fn io_err(op: &'static str, key: impl ToString) -> impl FnOnce(std::io::Error) -> BlobError {
-    move |source| BlobError::Io { op, key: key.to_string(), source }
+    move |source| BlobError::Io {
+        op,
+        key: key.to_string(),
+        source,
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking blob task panicked")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking blob task panicked")
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -40,13 +44,14 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl LocalBlobStore {
-    /// Opens (creating if needed) a store rooted at `root` and removes stale temp files.
+    /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> BlobResult<LocalBlobStore> {
         let root = root.into();
         let store = LocalBlobStore { root };
-        fs::create_dir_all(store.blobs_dir()).map_err(io_err("creating store directory", store.root.display()))?;
-        fs::create_dir_all(store.tmp_dir()).map_err(io_err("creating temp directory", store.root.display()))?;
-        store.sweep_temp();
+        fs::create_dir_all(store.blobs_dir())
+            .map_err(io_err("creating store directory", store.root.display()))?;
+        fs::create_dir_all(store.tmp_dir())
+            .map_err(io_err("creating temp directory", store.root.display()))?;
         Ok(store)
     }
 
@@ -60,21 +65,6 @@ impl LocalBlobStore {
 
     fn path(&self, key: &BlobKey) -> PathBuf {
         self.blobs_dir().join(key.as_str())
-    }
-
-    fn sweep_temp(&self) {
-        let Ok(entries) = fs::read_dir(self.tmp_dir()) else { return };
-        for entry in entries.flatten() {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() > STALE_TEMP_AGE)
-                .unwrap_or(false);
-            if stale {
-                tracing::info!(path = %entry.path().display(), "removing stale temp blob");
-                let _ = fs::remove_file(entry.path());
-            }
-        }
     }
 }
 
@@ -136,13 +126,21 @@ fn write_loop(mut rx: mpsc::Receiver<WriteMsg>, tmp: PathBuf, dest: PathBuf, key
 #[async_trait]
 impl BlobWriter for LocalWriter {
     async fn write(&mut self, chunk: Bytes) -> BlobResult<()> {
-        self.tx.send(WriteMsg::Data(chunk)).await.map_err(|_| BlobError::WriterGone(self.key.clone()))
+        self.tx
+            .send(WriteMsg::Data(chunk))
+            .await
+            .map_err(|_| BlobError::WriterGone(self.key.clone()))
     }
 
     async fn commit(self: Box<Self>) -> BlobResult<u64> {
         let (done, result) = oneshot::channel();
-        self.tx.send(WriteMsg::Commit(done)).await.map_err(|_| BlobError::WriterGone(self.key.clone()))?;
-        result.await.map_err(|_| BlobError::WriterGone(self.key.clone()))?
+        self.tx
+            .send(WriteMsg::Commit(done))
+            .await
+            .map_err(|_| BlobError::WriterGone(self.key.clone()))?;
+        result
+            .await
+            .map_err(|_| BlobError::WriterGone(self.key.clone()))?
     }
 }
 
@@ -150,7 +148,11 @@ fn collect_blobs(dir: &Path, prefix: &str, out: &mut Vec<BlobInfo>) -> std::io::
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let key = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let meta = entry.metadata()?;
         if meta.is_dir() {
             collect_blobs(&entry.path(), &key, out)?;
@@ -161,7 +163,11 @@ fn collect_blobs(dir: &Path, prefix: &str, out: &mut Vec<BlobInfo>) -> std::io::
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
-            out.push(BlobInfo { key, size: meta.len(), modified_unix });
+            out.push(BlobInfo {
+                key,
+                size: meta.len(),
+                modified_unix,
+            });
         }
     }
     Ok(())
@@ -178,7 +184,10 @@ impl BlobStore for LocalBlobStore {
             .name("ims-blob-write".into())
             .spawn(move || write_loop(rx, tmp, dest, thread_key))
             .map_err(io_err("starting writer for", key))?;
-        Ok(Box::new(LocalWriter { key: key.clone(), tx }))
+        Ok(Box::new(LocalWriter {
+            key: key.clone(),
+            tx,
+        }))
     }
 
     async fn open(&self, key: &BlobKey, range: Option<Range<u64>>) -> BlobResult<BlobStream> {
@@ -186,15 +195,26 @@ impl BlobStore for LocalBlobStore {
         let key = key.clone();
         let (file, start, end) = blocking(move || -> BlobResult<(File, u64, u64)> {
             let mut file = match File::open(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound(key)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(BlobError::NotFound(key));
+                }
                 other => other.map_err(io_err("opening", &key))?,
             };
-            let size = file.metadata().map_err(io_err("reading size of", &key))?.len();
+            let size = file
+                .metadata()
+                .map_err(io_err("reading size of", &key))?
+                .len();
             let Range { start, end } = range.unwrap_or(0..size);
             if start > end || end > size {
-                return Err(BlobError::RangeNotSatisfiable { key, start, end, size });
+                return Err(BlobError::RangeNotSatisfiable {
+                    key,
+                    start,
+                    end,
+                    size,
+                });
             }
-            file.seek(SeekFrom::Start(start)).map_err(io_err("seeking in", &key))?;
+            file.seek(SeekFrom::Start(start))
+                .map_err(io_err("seeking in", &key))?;
             Ok((file, start, end))
         })
         .await?;
@@ -207,7 +227,11 @@ impl BlobStore for LocalBlobStore {
                 let mut buf = BytesMut::zeroed(want);
                 let read = match file.read_exact(&mut buf) {
                     Ok(()) => Ok(buf.freeze()),
-                    Err(source) => Err(BlobError::Io { op: "reading", key: "blob".into(), source }),
+                    Err(source) => Err(BlobError::Io {
+                        op: "reading",
+                        key: "blob".into(),
+                        source,
+                    }),
                 };
                 let failed = read.is_err();
                 if tx.blocking_send(read).is_err() || failed {
@@ -216,7 +240,9 @@ impl BlobStore for LocalBlobStore {
                 remaining -= want as u64;
             }
         });
-        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })))
     }
 
     async fn size(&self, key: &BlobKey) -> BlobResult<Option<u64>> {
@@ -247,6 +273,26 @@ impl BlobStore for LocalBlobStore {
         .await
     }
 
+    async fn sweep_incomplete(&self, older_than: Duration) -> BlobResult<usize> {
+        let dir = self.tmp_dir();
+        blocking(move || {
+            let mut removed = 0;
+            let entries = fs::read_dir(&dir).map_err(io_err("listing", dir.display()))?;
+            for entry in entries.flatten() {
+                let age = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
+                if age.is_ok_and(|age| age >= older_than) && fs::remove_file(entry.path()).is_ok() {
+                    tracing::info!(path = %entry.path().display(), "removed abandoned temp blob");
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn list(&self) -> BlobResult<Vec<BlobInfo>> {
         let dir = self.blobs_dir();
         blocking(move || {
@@ -271,6 +317,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sweep_removes_only_old_abandoned_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("tmp/dead-writer"), b"partial").unwrap();
+        assert_eq!(
+            store
+                .sweep_incomplete(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0,
+            "young temp files stay"
+        );
+        assert_eq!(store.sweep_incomplete(Duration::ZERO).await.unwrap(), 1);
+        assert!(
+            fs::read_dir(dir.path().join("tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
     async fn dropped_writer_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalBlobStore::open(dir.path()).unwrap();
@@ -280,12 +348,21 @@ mod tests {
         drop(w);
         // The writer thread notices the closed channel and removes its temp file.
         for _ in 0..100 {
-            if fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none() {
+            if fs::read_dir(dir.path().join("tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+        assert!(
+            fs::read_dir(dir.path().join("tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
         assert_eq!(store.size(&key).await.unwrap(), None);
     }
 }

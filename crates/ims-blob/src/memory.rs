@@ -35,7 +35,10 @@ impl BlobWriter for MemoryWriter {
 
     async fn commit(self: Box<Self>) -> BlobResult<u64> {
         let size = self.buf.len() as u64;
-        self.blobs.lock().unwrap().insert(self.key, self.buf.freeze());
+        self.blobs
+            .lock()
+            .unwrap()
+            .insert(self.key, self.buf.freeze());
         Ok(size)
     }
 }
@@ -43,18 +46,37 @@ impl BlobWriter for MemoryWriter {
 #[async_trait]
 impl BlobStore for MemoryBlobStore {
     async fn create(&self, key: &BlobKey) -> BlobResult<Box<dyn BlobWriter>> {
-        Ok(Box::new(MemoryWriter { key: key.clone(), buf: BytesMut::new(), blobs: self.blobs.clone() }))
+        Ok(Box::new(MemoryWriter {
+            key: key.clone(),
+            buf: BytesMut::new(),
+            blobs: self.blobs.clone(),
+        }))
     }
 
     async fn open(&self, key: &BlobKey, range: Option<Range<u64>>) -> BlobResult<BlobStream> {
-        let data = self.blobs.lock().unwrap().get(key).cloned().ok_or_else(|| BlobError::NotFound(key.clone()))?;
+        let data = self
+            .blobs
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| BlobError::NotFound(key.clone()))?;
         let size = data.len() as u64;
         let Range { start, end } = range.unwrap_or(0..size);
         if start > end || end > size {
-            return Err(BlobError::RangeNotSatisfiable { key: key.clone(), start, end, size });
+            return Err(BlobError::RangeNotSatisfiable {
+                key: key.clone(),
+                start,
+                end,
+                size,
+            });
         }
         let slice = data.slice(start as usize..end as usize);
-        Ok(Box::pin(futures::stream::iter(if slice.is_empty() { vec![] } else { vec![Ok(slice)] })))
+        Ok(Box::pin(futures::stream::iter(if slice.is_empty() {
+            vec![]
+        } else {
+            vec![Ok(slice)]
+        })))
     }
 
     async fn size(&self, key: &BlobKey) -> BlobResult<Option<u64>> {
@@ -66,13 +88,22 @@ impl BlobStore for MemoryBlobStore {
         Ok(())
     }
 
+    async fn sweep_incomplete(&self, _older_than: std::time::Duration) -> BlobResult<usize> {
+        // Uncommitted writes live only in their writer; nothing outlives a process.
+        Ok(0)
+    }
+
     async fn list(&self) -> BlobResult<Vec<BlobInfo>> {
         Ok(self
             .blobs
             .lock()
             .unwrap()
             .iter()
-            .map(|(k, v)| BlobInfo { key: k.clone(), size: v.len() as u64, modified_unix: 0 })
+            .map(|(k, v)| BlobInfo {
+                key: k.clone(),
+                size: v.len() as u64,
+                modified_unix: 0,
+            })
             .collect())
     }
 }

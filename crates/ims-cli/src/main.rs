@@ -173,7 +173,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }
-            tokio::time::sleep(ims_core::gc::GC_INTERVAL).await;
+            tokio::time::sleep(images.gc_interval()).await;
         }
     });
     let router = ims_api::router(app.clone());
@@ -239,7 +239,10 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Gc => {
             let report = app.images.collect_garbage().await.map_err(fail)?;
-            println!("orphan blobs deleted: {}, stale uploads reset: {}", report.orphan_blobs_deleted, report.stale_uploads_reset);
+            println!(
+                "orphan blobs deleted: {}, abandoned writes removed: {}, stale uploads reset: {}",
+                report.orphan_blobs_deleted, report.abandoned_writes_removed, report.stale_uploads_reset
+            );
         }
     }
     Ok(())

@@ -56,6 +56,7 @@ impl App {
             blobs,
             LOCAL_STORE_NAME.into(),
             config.limits.clone(),
+            config.gc.clone(),
         ));
         Ok(App {
             config,

@@ -24,6 +24,31 @@ pub struct Config {
     pub token_ttl_secs: u64,
     pub store: StoreConfig,
     pub limits: Limits,
+    pub gc: GcConfig,
+}
+
+/// Cleaning up after crashes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Seconds between collector runs (the first runs at start-up). Env `IMS_GC_INTERVAL_SECS`.
+    pub interval_secs: u64,
+    /// A `saving` image whose upload sent no heartbeat for this long is reset to `queued`;
+    /// uploads heartbeat every sixth of it. Env `IMS_UPLOAD_STALE_AFTER_SECS`.
+    pub upload_stale_after_secs: u64,
+    /// Unreferenced blobs and abandoned temp files younger than this are left alone (an upload
+    /// may be about to publish). Env `IMS_ORPHAN_MIN_AGE_SECS`.
+    pub orphan_min_age_secs: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_secs: 300,
+            upload_stale_after_secs: 180,
+            orphan_min_age_secs: 600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +92,7 @@ impl Default for Config {
             token_ttl_secs: 3600,
             store: StoreConfig::Local { path: None },
             limits: Limits::default(),
+            gc: GcConfig::default(),
         }
     }
 }
@@ -167,6 +193,17 @@ impl Config {
             config.limits.image_size_total = Some(total);
         }
         env_parse(env, "IMS_MAX_JSON_BODY", &mut config.limits.max_json_body)?;
+        env_parse(env, "IMS_GC_INTERVAL_SECS", &mut config.gc.interval_secs)?;
+        env_parse(
+            env,
+            "IMS_UPLOAD_STALE_AFTER_SECS",
+            &mut config.gc.upload_stale_after_secs,
+        )?;
+        env_parse(
+            env,
+            "IMS_ORPHAN_MIN_AGE_SECS",
+            &mut config.gc.orphan_min_age_secs,
+        )?;
         Ok(config)
     }
 

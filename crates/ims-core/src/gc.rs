@@ -10,16 +10,11 @@ use ims_meta::MetaStore;
 
 use crate::error::ServiceResult;
 use crate::images::ImageService;
-use crate::upload::STALE_SAVING_AFTER;
-
-/// Unreferenced blobs younger than this may belong to an upload about to publish; keep them.
-pub const ORPHAN_MIN_AGE: Duration = Duration::from_secs(600);
-/// How often a serving node runs the collector.
-pub const GC_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GcReport {
     pub orphan_blobs_deleted: usize,
+    pub abandoned_writes_removed: usize,
     pub stale_uploads_reset: usize,
 }
 
@@ -66,16 +61,24 @@ impl ImageService {
         Ok(reset)
     }
 
-    /// One collection pass.
+    /// One collection pass with the configured ages.
     pub async fn collect_garbage(&self) -> ServiceResult<GcReport> {
+        let min_age = Duration::from_secs(self.gc.orphan_min_age_secs);
+        let stale_after = Duration::from_secs(self.gc.upload_stale_after_secs);
         Ok(GcReport {
-            stale_uploads_reset: self.reset_stale_uploads(STALE_SAVING_AFTER).await?,
+            stale_uploads_reset: self.reset_stale_uploads(stale_after).await?,
+            abandoned_writes_removed: self.blobs.sweep_incomplete(min_age).await?,
             orphan_blobs_deleted: delete_orphan_blobs(
                 self.meta.as_ref(),
                 self.blobs.as_ref(),
-                ORPHAN_MIN_AGE,
+                min_age,
             )
             .await?,
         })
+    }
+
+    /// Time between collector runs.
+    pub fn gc_interval(&self) -> Duration {
+        Duration::from_secs(self.gc.interval_secs)
     }
 }

@@ -12,7 +12,7 @@ use ims_domain::{
 };
 use ims_meta::{MetaError, MetaStore};
 
-use crate::config::Limits;
+use crate::config::{GcConfig, Limits};
 use crate::error::{ServiceError, ServiceResult};
 use crate::patch::{self, AttrValue, PatchDialect, PatchOp};
 
@@ -24,6 +24,7 @@ pub struct ImageService {
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) store_name: String,
     pub(crate) limits: Limits,
+    pub(crate) gc: GcConfig,
 }
 
 /// An image ready to stream: its record and the number of bytes it holds.
@@ -47,12 +48,14 @@ impl ImageService {
         blobs: Arc<dyn BlobStore>,
         store_name: String,
         limits: Limits,
+        gc: GcConfig,
     ) -> Self {
         ImageService {
             meta,
             blobs,
             store_name,
             limits,
+            gc,
         }
     }
 

@@ -16,11 +16,9 @@ use ims_domain::{Caller, Image, ImageStatus};
 use crate::error::{ServiceError, ServiceResult};
 use crate::images::ImageService;
 
-/// How often a running upload refreshes its image's `updated_at`, so other nodes can tell a
-/// live upload from one whose process died.
-pub const UPLOAD_HEARTBEAT: Duration = Duration::from_secs(30);
-/// A `saving` image not refreshed for this long belongs to a dead upload; the collector resets it.
-pub const STALE_SAVING_AFTER: Duration = Duration::from_secs(180);
+/// Heartbeats per stale period: a live upload refreshes its image's `updated_at` this many
+/// times before the collector would consider it dead.
+const HEARTBEATS_PER_STALE_PERIOD: u32 = 6;
 
 /// Bytes gathered before a chunk is handed to the writer and hashers: fewer, larger hops.
 const COALESCE_BYTES: usize = 1 << 20;
@@ -179,6 +177,8 @@ impl ImageService {
         let mut total: u64 = 0;
         let mut pending = bytes::BytesMut::new();
         let mut last_beat = Instant::now();
+        let heartbeat_every =
+            Duration::from_secs(self.gc.upload_stale_after_secs) / HEARTBEATS_PER_STALE_PERIOD;
 
         loop {
             let next = body.next().await;
@@ -218,7 +218,7 @@ impl ImageService {
             if chunk.is_none() {
                 break;
             }
-            if last_beat.elapsed() >= UPLOAD_HEARTBEAT {
+            if last_beat.elapsed() >= heartbeat_every {
                 last_beat = Instant::now();
                 self.heartbeat(id).await;
             }
