@@ -9,6 +9,7 @@ mod images;
 mod json;
 mod list;
 mod members;
+mod metadefs;
 mod middleware;
 mod versions;
 
@@ -67,6 +68,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/info/import", get(versions::info_import))
         .route("/info/stores", get(versions::info_stores))
         .route("/info/usage", get(images::usage))
+        .nest("/metadefs", metadefs::router())
         .fallback(versions::v2_not_found);
     Router::new()
         .route("/", get(versions::root))

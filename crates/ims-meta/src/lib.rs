@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod metadefs;
 pub mod sql;
 
 use async_trait::async_trait;
