@@ -36,7 +36,7 @@ export ROOT WORK SHARED VENV IMS_BIN LOGS STATE CONCURRENCY TEMPEST_REGEX
 STAGES=(deps pg fixtures build cargo-test venv server tempest clients cli)
 declare -A NEEDS=(
   [deps]="" [pg]="deps" [fixtures]="deps" [build]="deps" [cargo-test]="pg fixtures build"
-  [venv]="deps" [server]="build" [tempest]="venv server" [clients]="venv server"
+  [venv]="deps" [server]="build" [tempest]="venv server" [clients]="venv server pg"
   [cli]="build"
 )
 declare -A STATUS=() ELAPSED=() NOTE=() SELECTED=()

@@ -34,11 +34,13 @@ class Server:
         self.data_dir = data_dir
         self.port = free_port()
         self.proc = None
+        self.extra_env = {}
 
     def start(self):
         binary = os.environ.get("IMS_BIN") or str(ROOT / "target" / "release" / "ims")
         env = dict(os.environ, IMS_ADMIN_PASSWORD=ADMIN_PASSWORD, IMS_GC_INTERVAL_SECS="1",
-                   IMS_UPLOAD_STALE_AFTER_SECS="3", IMS_ORPHAN_MIN_AGE_SECS="2", IMS_LOG="warn")
+                   IMS_UPLOAD_STALE_AFTER_SECS="3", IMS_ORPHAN_MIN_AGE_SECS="2", IMS_LOG="warn",
+                   **self.extra_env)
         self.proc = subprocess.Popen(
             [binary, "serve", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
