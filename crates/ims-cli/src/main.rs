@@ -2,6 +2,7 @@
 //! and `image` is the API client.
 
 mod client;
+mod img;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ enum Command {
     Admin(AdminArgs),
     /// Talk to a running service (authenticates like openstackclient).
     Image(client::ImageArgs),
+    /// Work on local image files offline (`ims img inspect IMAGE`).
+    Img(img::ImgArgs),
 }
 
 /// Where the node's configuration comes from; flags override file and environment.
@@ -262,6 +265,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Admin(args) => admin(args).await.map(|()| ExitCode::SUCCESS),
             Command::Image(args) => client::run(args).await,
+            Command::Img(args) => img::run(args),
         }
     });
     match result {

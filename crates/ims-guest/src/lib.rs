@@ -1,0 +1,318 @@
+//! Guest inspection: what is inside a disk image (partitions, LVM, filesystems, OS, version,
+//! architecture, boot mode, cloud-init) read straight from its bytes, without booting it.
+//!
+//! Sync, no serde, no HTTP. Everything reads through [`Volume`] (bounded, checked positional
+//! reads over an [`ims_diskfmt::ReadAt`]); every limit is a named constant. Only raw images
+//! (and ISO media) are read today: other formats are recognised by `ims-diskfmt` and refused
+//! with [`GuestError::UnsupportedDiskFormat`] until that crate grows readers.
+
+pub mod error;
+pub mod fs;
+pub mod lvm;
+pub mod os;
+pub mod part;
+pub mod volume;
+
+use std::sync::Arc;
+
+use ims_diskfmt::{Format, ReadAt};
+
+pub use error::{GuestError, Result};
+pub use fs::FsKind;
+pub use os::{OsFacts, OsType};
+pub use part::{Partition, PartitionTable, TableKind};
+pub use volume::Volume;
+
+/// Most volumes (partitions + logical volumes) examined on one disk.
+pub const MAX_VOLUMES: usize = 256;
+/// Most EFI loader files listed from an ESP.
+pub const MAX_ESP_LOADERS: usize = 64;
+
+/// How the guest expects to be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+    /// Both paths are set up (e.g. Ubuntu cloud images: BIOS boot partition + ESP).
+    UefiAndBios,
+    Unknown,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::UefiAndBios => "uefi+bios",
+            Firmware::Unknown => "unknown",
+        }
+    }
+
+    /// The Glance `hw_firmware_type` to set: UEFI only when the guest cannot boot from BIOS.
+    pub fn hw_firmware_type(self) -> Option<&'static str> {
+        match self {
+            Firmware::Uefi => Some("uefi"),
+            Firmware::Bios | Firmware::UefiAndBios => Some("bios"),
+            Firmware::Unknown => None,
+        }
+    }
+}
+
+/// A filesystem (or LVM PV / swap) found on a volume.
+#[derive(Debug, Clone)]
+pub struct FoundVolume {
+    /// Linux-style name: `/dev/sda2`, `/dev/centos/root`, `/dev/sda` for a whole disk.
+    pub device: String,
+    pub offset: Option<u64>,
+    pub size: u64,
+    pub fs: Option<FsKind>,
+}
+
+/// The operating system found, and where.
+#[derive(Debug, Clone)]
+pub struct Root {
+    pub device: String,
+    pub fs: FsKind,
+    pub facts: OsFacts,
+}
+
+/// Everything inspection learned about a disk.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub disk_format: &'static str,
+    pub virtual_size: u64,
+    pub partition_table: PartitionTable,
+    pub volumes: Vec<FoundVolume>,
+    pub root: Option<Root>,
+    pub firmware: Firmware,
+    /// `.efi` files under `/EFI` on the ESP(s), e.g. `/EFI/BOOT/BOOTX64.EFI`.
+    pub efi_loaders: Vec<String>,
+    /// Volumes that could not be read, with the reason; inspection goes on without them.
+    pub warnings: Vec<String>,
+}
+
+impl Inspection {
+    pub fn facts(&self) -> Option<&OsFacts> {
+        self.root.as_ref().map(|r| &r.facts)
+    }
+
+    /// A candidate `__os_version` in the seed's naming (`CentOS 7.9 64bit`,
+    /// `Ubuntu 22.04 server 64bit`); not yet checked against the seed's support list.
+    pub fn seed_os_version(&self) -> Option<String> {
+        let f = self.facts()?;
+        let bits = f.bits.unwrap_or(64);
+        let v = f.version.as_deref().unwrap_or("");
+        Some(match f.distro.as_deref()? {
+            "windows" => format!("{} {bits}bit", f.product_name.as_deref()?),
+            "ubuntu" => format!("Ubuntu {v} server {bits}bit"),
+            "centos" => format!("CentOS {v} {bits}bit"),
+            "debian" => format!("Debian GNU/Linux {v} {bits}bit"),
+            "openeuler" => format!("openEuler {v} {bits}bit"),
+            "rhel" => format!("Red Hat Linux {v} {bits}bit"),
+            "rocky" => format!("Rocky Linux {v} {bits}bit"),
+            "almalinux" => format!("AlmaLinux {v} {bits}bit"),
+            "fedora" => format!("Fedora {v} {bits}bit"),
+            "sles" => format!("SUSE Linux Enterprise Server {v} {bits}bit"),
+            "opensuse-leap" => format!("OpenSUSE {v} {bits}bit"),
+            _ => format!("Other Linux({bits} bit)"),
+        })
+    }
+}
+
+/// Opens and inspects the image file at `path`.
+pub fn inspect_path(path: &std::path::Path) -> Result<Inspection> {
+    let file = std::fs::File::open(path).map_err(|source| GuestError::Opening {
+        path: path.display().to_string(),
+        source,
+    })?;
+    inspect(Arc::new(file))
+}
+
+/// Inspects a disk image.
+pub fn inspect(disk: Arc<dyn ReadAt + Send + Sync>) -> Result<Inspection> {
+    let probe =
+        ims_diskfmt::probe::probe(&*disk).map_err(|e| GuestError::Probing(e.to_string()))?;
+    let disk_format = match probe.format {
+        Format::Raw | Format::Gpt | Format::Iso => probe.format.as_str(),
+        other => return Err(GuestError::UnsupportedDiskFormat(other.as_str())),
+    };
+    let whole = Volume::whole(disk);
+    let table = part::read_partition_table(&whole)?;
+    let mut warnings = Vec::new();
+    let mut candidates: Vec<(String, Option<u64>, Volume)> = Vec::new();
+    if table.kind == TableKind::None {
+        candidates.push(("/dev/sda".into(), Some(0), whole.clone()));
+    }
+    for p in table.partitions.iter().take(MAX_VOLUMES) {
+        if matches!(
+            p.part_type,
+            part::PartType::Mbr(
+                part::mbr_type::EXTENDED_CHS
+                    | part::mbr_type::EXTENDED_LBA
+                    | part::mbr_type::EXTENDED_LINUX
+            )
+        ) {
+            continue;
+        }
+        let vol = whole.slice(p.start, p.size, "partition")?;
+        candidates.push((format!("/dev/sda{}", p.number), Some(p.start), vol));
+    }
+    let mut volumes = Vec::new();
+    let mut pvs = Vec::new();
+    let mut opened: Vec<(String, FsKind, Volume)> = Vec::new();
+    for (device, offset, vol) in candidates {
+        let kind = match fs::detect(&vol) {
+            Ok(k) => k,
+            Err(e) => {
+                warnings.push(format!("{device}: {e}"));
+                None
+            }
+        };
+        if kind == Some(FsKind::LvmPv) {
+            match lvm::read_pv(&vol) {
+                Ok(Some(pv)) => pvs.push(pv),
+                Ok(None) => {}
+                Err(e) => warnings.push(format!("{device}: {e}")),
+            }
+        }
+        volumes.push(FoundVolume {
+            device: device.clone(),
+            offset,
+            size: vol.len(),
+            fs: kind,
+        });
+        if let Some(k) = kind {
+            opened.push((device, k, vol));
+        }
+    }
+    match lvm::map_logical_volumes(&pvs) {
+        Ok(lvs) => {
+            for lv in lvs.into_iter().take(MAX_VOLUMES) {
+                let device = format!("/dev/{}/{}", lv.vg, lv.name);
+                let kind = fs::detect(&lv.volume).unwrap_or_else(|e| {
+                    warnings.push(format!("{device}: {e}"));
+                    None
+                });
+                volumes.push(FoundVolume {
+                    device: device.clone(),
+                    offset: None,
+                    size: lv.volume.len(),
+                    fs: kind,
+                });
+                if let Some(k) = kind {
+                    opened.push((device, k, lv.volume));
+                }
+            }
+        }
+        Err(e) => warnings.push(format!("LVM: {e}")),
+    }
+    let mut root = None;
+    let mut efi_loaders = Vec::new();
+    let mut iso_platforms = Vec::new();
+    for (device, kind, vol) in &opened {
+        if *kind == FsKind::Iso9660
+            && let Ok(iso) = fs::iso9660::IsoFs::open(vol.clone())
+        {
+            iso_platforms.extend(iso.boot_platforms.iter().copied());
+        }
+        let gfs = match fs::open(*kind, vol) {
+            Ok(Some(g)) => g,
+            Ok(None) => continue,
+            Err(e) => {
+                warnings.push(format!("{device}: {e}"));
+                continue;
+            }
+        };
+        if *kind == FsKind::Fat {
+            match list_efi_loaders(&*gfs) {
+                Ok(l) => efi_loaders.extend(l),
+                Err(e) => warnings.push(format!("{device}: {e}")),
+            }
+        }
+        if root.is_some() {
+            continue;
+        }
+        match os::detect(&*gfs) {
+            Ok(Some(facts)) => {
+                root = Some(Root {
+                    device: device.clone(),
+                    fs: *kind,
+                    facts,
+                })
+            }
+            Ok(None) => {}
+            Err(e) => warnings.push(format!("{device}: {e}")),
+        }
+    }
+    efi_loaders.truncate(MAX_ESP_LOADERS);
+    let firmware = firmware(&table, &iso_platforms);
+    Ok(Inspection {
+        disk_format,
+        virtual_size: whole.len(),
+        partition_table: table,
+        volumes,
+        root,
+        firmware,
+        efi_loaders,
+        warnings,
+    })
+}
+
+/// `.efi` files one and two levels under `/EFI`.
+fn list_efi_loaders(fs: &dyn fs::GuestFs) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for vendor in fs.list_dir("/EFI")?.unwrap_or_default() {
+        let dir = format!("/EFI/{vendor}");
+        for name in fs.list_dir(&dir)?.unwrap_or_default() {
+            if name.to_ascii_lowercase().ends_with(".efi") && out.len() < MAX_ESP_LOADERS {
+                out.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The boot mode the disk is set up for: an ESP means UEFI; boot code or an active partition
+/// on an MBR disk, or a BIOS boot partition on a GPT disk, means BIOS.
+fn firmware(table: &PartitionTable, iso_platforms: &[u8]) -> Firmware {
+    let esp = table.partitions.iter().any(Partition::is_esp) || iso_platforms.contains(&0xef);
+    let bios = match table.kind {
+        TableKind::Mbr => table.mbr_boot_code || table.partitions.iter().any(|p| p.bootable),
+        TableKind::Gpt { .. } => table
+            .partitions
+            .iter()
+            .any(|p| p.is_bios_boot() || p.bootable),
+        TableKind::None => iso_platforms.contains(&0) || table.mbr_boot_code,
+    };
+    match (esp, bios) {
+        (true, true) => Firmware::UefiAndBios,
+        (true, false) => Firmware::Uefi,
+        (false, true) => Firmware::Bios,
+        (false, false) => Firmware::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::part::guid;
+    use crate::part::tests::gpt_disk;
+
+    #[test]
+    fn firmware_from_partition_layout() {
+        let d = gpt_disk(400, &[(guid::BIOS_BOOT, 34, 40), (guid::ESP, 41, 99)]);
+        let t = part::read_partition_table(&Volume::whole(Arc::new(d))).unwrap();
+        assert_eq!(firmware(&t, &[]), Firmware::UefiAndBios);
+        let d = gpt_disk(400, &[(guid::ESP, 41, 99)]);
+        let t = part::read_partition_table(&Volume::whole(Arc::new(d))).unwrap();
+        assert_eq!(firmware(&t, &[]), Firmware::Uefi);
+        assert_eq!(Firmware::UefiAndBios.hw_firmware_type(), Some("bios"));
+    }
+
+    #[test]
+    fn empty_and_garbage_disks_do_not_panic() {
+        for d in [vec![], vec![0u8; 1000], vec![0xffu8; 70000]] {
+            let _ = inspect(Arc::new(d));
+        }
+    }
+}
