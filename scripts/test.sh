@@ -10,10 +10,12 @@
 #   IMS_VENV          Python venv for tempest and the clients (default $IMS_TEST_WORK/venv)
 #   IMS_TEST_BIN      the ims binary to serve and administer (default target/release/ims)
 #   IMS_SHARED_DIR    the shared dir holding fixtures/make-fixtures.sh (default ../shared)
+#   IMS_OS_IMAGES_DIR where the os-images stage builds (or finds) make-os-images.sh's images
+#                     (default $IMS_TEST_WORK/os-images); the ims-guest tests read them
 #   IMS_TEMPEST_CONCURRENCY   tempest workers (default 2; accounts.yaml gets one set per worker)
 #   IMS_TEMPEST_REGEX         tests to run (default '^tempest\.api\.image')
 #   IMS_TEMPEST_PROFILE, IMS_TEMPEST_SET   feature flags, see tests/tempest/profile.ini
-# Stages: deps pg fixtures build cargo-test venv server tempest clients cli
+# Stages: deps pg fixtures os-images build cargo-test venv server tempest clients cli
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,9 +35,10 @@ rm -rf "$STATE"
 mkdir -p "$STATE" "$LOGS"
 export ROOT WORK SHARED VENV IMS_BIN LOGS STATE CONCURRENCY TEMPEST_REGEX
 
-STAGES=(deps pg fixtures build cargo-test venv server tempest clients cli)
+STAGES=(deps pg fixtures os-images build cargo-test venv server tempest clients cli)
 declare -A NEEDS=(
-  [deps]="" [pg]="deps" [fixtures]="deps" [build]="deps" [cargo-test]="pg fixtures build"
+  [deps]="" [pg]="deps" [fixtures]="deps" [os-images]="deps" [build]="deps"
+  [cargo-test]="pg fixtures os-images build"
   [venv]="deps" [server]="build" [tempest]="venv server" [clients]="venv server pg"
   [cli]="build"
 )
@@ -171,16 +174,41 @@ stage_fixtures() {
   export_state IMS_FIXTURES_DIR "$out"
 }
 
+# Small real OS disk images (Debian, i386, arm64, fake CentOS/Ubuntu/openEuler/Windows) for the
+# ims-guest inspection tests. make-os-images.sh installs the tools it lacks (apt, only when
+# missing), needs root (debootstrap, chroot) and keeps images that already exist; ~2.5 min cold.
+stage_os_images() {
+  local script="$SHARED/fixtures/make-os-images.sh" out="${IMS_OS_IMAGES_DIR:-$WORK/os-images}" want
+  [[ -f $script ]] || { echo "missing $script (set IMS_SHARED_DIR)" >&2; return 1; }
+  want=$(sha256sum "$script" | cut -d' ' -f1)
+  if [[ -f $out/.ims-stamp && $(<"$out/.ims-stamp") == "$want" ]]; then
+    log "cached in $out"
+    note "cached"
+  else
+    rm -f "$out/.ims-stamp"
+    # WORK is ours (exported above) and the script deletes its own WORK when done: give it one.
+    as_root env WORK="$out/.work" INSPECT=0 BOOT_TEST=0 bash "$script" "$out" >"$LOGS/os-images.log" 2>&1 ||
+      { tail -30 "$LOGS/os-images.log"; return 1; }
+    tail -3 "$LOGS/os-images.log"
+    printf '%s' "$want" >"$out/.ims-stamp"
+  fi
+  export_state IMS_OS_IMAGES_DIR "$out"
+}
+
 stage_build() {
   cargo build --release --workspace
   [[ -x $IMS_BIN ]] || { echo "no $IMS_BIN after the build" >&2; return 1; }
 }
 
 stage_cargo_test() {
+  if [[ -z ${IMS_OS_IMAGES_DIR:-} && ${STATUS[os-images]:-off} == off ]]; then
+    export IMS_SKIP_OS_IMAGES=1
+    note "OS image comparison skipped (os-images stage off); "
+  fi
   if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --workspace --no-tests=warn
     cargo test --release --workspace --doc
-    note "nextest + doctests"
+    note "$(cat "$STATE/cargo-test.note" 2>/dev/null)nextest + doctests"
   else
     cargo test --release --workspace
   fi
@@ -317,6 +345,7 @@ T_START=$SECONDS
 run_stage deps stage_deps
 run_stage pg stage_pg
 run_stage fixtures stage_fixtures
+run_stage os-images stage_os_images
 run_stage build stage_build
 run_stage cargo-test stage_cargo_test
 run_stage venv stage_venv
