@@ -309,6 +309,46 @@ mod tests {
         assert_eq!(Firmware::UefiAndBios.hw_firmware_type(), Some("bios"));
     }
 
+    /// A GPT disk whose ESP holds a small FAT12 with `/EFI/BOOT/BOOTX64.EFI`.
+    fn gpt_with_esp() -> Vec<u8> {
+        let mut d = gpt_disk(200, &[(guid::ESP, 34, 99)]);
+        let fat = crate::fs::fat::tests::tiny_fat12();
+        d[34 * 512..34 * 512 + fat.len()].copy_from_slice(&fat);
+        d
+    }
+
+    #[test]
+    fn finds_the_efi_loader_on_the_esp() {
+        let i = inspect(Arc::new(gpt_with_esp())).unwrap();
+        assert_eq!(i.firmware, Firmware::Uefi);
+        assert_eq!(i.efi_loaders, vec!["/EFI/BOOT/BOOTX64.EFI"]);
+        assert!(i.root.is_none());
+    }
+
+    /// Stable-toolchain stand-in for the cargo-fuzz targets: thousands of corrupted copies of a
+    /// valid disk must give answers or errors, never a panic.
+    #[test]
+    fn corrupted_disks_never_panic() {
+        let base = gpt_with_esp();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // Bytes that matter: MBR, GPT header and entries, the FAT boot sector, FAT and dirs.
+        let hot: Vec<usize> = (0..3 * 512).chain(34 * 512..40 * 512).collect();
+        for _ in 0..500 {
+            let mut d = base.clone();
+            for _ in 0..1 + next() % 8 {
+                let at = hot[(next() % hot.len() as u64) as usize];
+                d[at] = next() as u8;
+            }
+            let _ = inspect(Arc::new(d));
+        }
+    }
+
     #[test]
     fn empty_and_garbage_disks_do_not_panic() {
         for d in [vec![], vec![0u8; 1000], vec![0xffu8; 70000]] {

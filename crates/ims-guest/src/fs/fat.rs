@@ -287,13 +287,13 @@ impl GuestFs for FatFs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
 
     /// A tiny FAT12 volume: 512-byte sectors, 1 sector/cluster, 1 reserved, 1 FAT of 1 sector,
     /// 16 root entries (1 sector), 64 sectors; root holds EFI/ with BOOT/ with BOOTX64.EFI.
-    fn tiny_fat12() -> Vec<u8> {
+    pub(crate) fn tiny_fat12() -> Vec<u8> {
         let mut d = vec![0u8; 64 * 512];
         d[11..13].copy_from_slice(&512u16.to_le_bytes());
         d[13] = 1;
