@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::SharedState;
 use crate::body::{content_type, read_json, read_json_object};
 use crate::error::{ApiError, ApiResult};
-use crate::json::{attr_value, image_json};
+use crate::json::{ImageBody, attr_value, image_json};
 use crate::list::{page_links, parse_list_query};
 use crate::middleware::Authed;
 
@@ -25,11 +25,21 @@ pub async fn empty_id() -> ApiError {
     ApiError::new(ErrorKind::NotFound, "No image found with ID ''")
 }
 
+/// One page of `GET /v2/images`.
+#[derive(serde::Serialize)]
+pub struct ImageList<'a> {
+    images: Vec<ImageBody<'a>>,
+    first: String,
+    schema: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
 pub async fn list(
     State(state): State<SharedState>,
     Authed(caller): Authed,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let query = parse_list_query(raw.as_deref())?;
     let limit = query.limit;
     let images = state.app.images.list(&caller, query).await?;
@@ -39,15 +49,13 @@ pub async fn list(
         limit,
         images.last().map(|i| i.id),
     );
-    let mut body = json!({
-        "images": images.iter().map(image_json).collect::<Vec<_>>(),
-        "first": first,
-        "schema": "/v2/schemas/images",
-    });
-    if let Some(next) = next {
-        body["next"] = Value::String(next);
-    }
-    Ok(Json(body))
+    let body = ImageList {
+        images: images.iter().map(ImageBody).collect(),
+        first,
+        schema: "/v2/schemas/images",
+        next,
+    };
+    Ok(Json(body).into_response())
 }
 
 pub async fn create(

@@ -2,7 +2,8 @@
 
 use ims_core::patch::AttrValue;
 use ims_domain::{Image, Member};
-use serde_json::{Map, Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 /// Glance's timestamp form: whole seconds, `Z`.
@@ -11,41 +12,47 @@ pub fn glance_time(t: time::OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
+/// An image as Glance renders it: free-form properties flattened next to the core attributes.
+/// Serialized straight from the record (no intermediate `Value`): listings render 100s of these.
+pub struct ImageBody<'a>(pub &'a Image);
+
+impl Serialize for ImageBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let image = self.0;
+        let data = image.data.as_ref();
+        let id = image.id.to_string();
+        let mut map = serializer.serialize_map(Some(image.properties.len() + 22))?;
+        for (k, v) in &image.properties {
+            map.serialize_entry(k, v)?;
+        }
+        map.serialize_entry("name", &image.name)?;
+        map.serialize_entry("disk_format", &image.disk_format)?;
+        map.serialize_entry("container_format", &image.container_format)?;
+        map.serialize_entry("visibility", image.visibility.as_str())?;
+        map.serialize_entry("size", &data.map(|d| d.size))?;
+        map.serialize_entry("virtual_size", &data.and_then(|d| d.virtual_size))?;
+        map.serialize_entry("status", image.status.as_str())?;
+        map.serialize_entry("checksum", &data.map(|d| &d.checksum))?;
+        map.serialize_entry("protected", &image.protected)?;
+        map.serialize_entry("min_ram", &image.min_ram)?;
+        map.serialize_entry("min_disk", &image.min_disk)?;
+        map.serialize_entry("owner", &image.owner)?;
+        map.serialize_entry("os_hidden", &image.os_hidden)?;
+        map.serialize_entry("os_hash_algo", &data.map(|d| &d.os_hash_algo))?;
+        map.serialize_entry("os_hash_value", &data.map(|d| &d.os_hash_value))?;
+        map.serialize_entry("id", &id)?;
+        map.serialize_entry("created_at", &glance_time(image.created_at))?;
+        map.serialize_entry("updated_at", &glance_time(image.updated_at))?;
+        map.serialize_entry("tags", &image.tags)?;
+        map.serialize_entry("self", &format!("/v2/images/{id}"))?;
+        map.serialize_entry("file", &format!("/v2/images/{id}/file"))?;
+        map.serialize_entry("schema", "/v2/schemas/image")?;
+        map.end()
+    }
+}
+
 pub fn image_json(image: &Image) -> Value {
-    let data = image.data.as_ref();
-    let mut obj = Map::new();
-    for (k, v) in &image.properties {
-        obj.insert(k.clone(), Value::String(v.clone()));
-    }
-    let id = image.id.to_string();
-    let core = json!({
-        "name": image.name,
-        "disk_format": image.disk_format,
-        "container_format": image.container_format,
-        "visibility": image.visibility.as_str(),
-        "size": data.map(|d| d.size),
-        "virtual_size": data.and_then(|d| d.virtual_size),
-        "status": image.status.as_str(),
-        "checksum": data.map(|d| d.checksum.clone()),
-        "protected": image.protected,
-        "min_ram": image.min_ram,
-        "min_disk": image.min_disk,
-        "owner": image.owner,
-        "os_hidden": image.os_hidden,
-        "os_hash_algo": data.map(|d| d.os_hash_algo.clone()),
-        "os_hash_value": data.map(|d| d.os_hash_value.clone()),
-        "id": id,
-        "created_at": glance_time(image.created_at),
-        "updated_at": glance_time(image.updated_at),
-        "tags": image.tags.iter().collect::<Vec<_>>(),
-        "self": format!("/v2/images/{id}"),
-        "file": format!("/v2/images/{id}/file"),
-        "schema": "/v2/schemas/image",
-    });
-    if let Value::Object(core) = core {
-        obj.extend(core);
-    }
-    Value::Object(obj)
+    serde_json::to_value(ImageBody(image)).expect("an image always serializes")
 }
 
 pub fn member_json(member: &Member) -> Value {

@@ -4,6 +4,11 @@
 mod client;
 mod img;
 
+/// mimalloc: under glibc malloc, arena locking and frees took about a third of the CPU of a
+/// 100-image listing.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
