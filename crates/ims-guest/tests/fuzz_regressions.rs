@@ -1,0 +1,27 @@
+//! Every crash the fuzz targets found, as a named regression test (input bytes inline).
+
+use std::sync::Arc;
+
+use ims_guest::Volume;
+use ims_guest::fs::{self, FsKind};
+
+/// guest_filesystems crash-94c78623: a 1-byte "NTFS volume". The ntfs crate turned the short
+/// boot-sector read into `unreachable!()`; now it is an error.
+#[test]
+fn ntfs_on_a_truncated_boot_sector_is_an_error() {
+    let input: &[u8] = &[0x03, 0xf6];
+    // The target's first byte picks the filesystem (3 = NTFS); the rest is the volume.
+    let vol = Volume::whole(Arc::new(input[1..].to_vec()));
+    assert!(fs::open(FsKind::Ntfs, &vol).is_err());
+}
+
+/// guest_inspect crash-e0bfe103: 16 bytes with "NTFS    " at offset 3 are detected as NTFS
+/// and opened; the boot sector read runs past the end (same ntfs-crate panic).
+#[test]
+fn inspect_of_a_16_byte_ntfs_signature_does_not_panic() {
+    let input: Vec<u8> = vec![
+        0x76, 0x65, 0x72, 0x4e, 0x54, 0x46, 0x53, 0x20, 0x20, 0x20, 0x20, 0x23, 0x52, 0x07, 0x00,
+        0x4a,
+    ];
+    let _ = ims_guest::inspect(Arc::new(input));
+}
