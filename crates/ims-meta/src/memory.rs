@@ -57,7 +57,8 @@ fn truncate(t: OffsetDateTime) -> OffsetDateTime {
     from_micros(to_micros(t))
 }
 
-fn normalized_image(image: &Image) -> Image {
+/// `image` as every store returns it: timestamps truncated to microseconds, in UTC.
+pub(crate) fn normalized_image(image: &Image) -> Image {
     let mut image = image.clone();
     image.created_at = truncate(image.created_at);
     image.updated_at = truncate(image.updated_at);
