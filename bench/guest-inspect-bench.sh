@@ -21,6 +21,7 @@ VIRT=${VIRT:-1}
 export LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
 export LIBGUESTFS_BACKEND_SETTINGS=${LIBGUESTFS_BACKEND_SETTINGS:-force_tcg}
 export LIBGUESTFS_CACHEDIR=${LIBGUESTFS_CACHEDIR:-/tmp/guestfs-cache}
+mkdir -p "$LIBGUESTFS_CACHEDIR"   # without it libguestfs logged a realpath error and the run hung here
 
 [[ -x $IMS_BIN ]] || (cd "$ROOT" && cargo build --release -p ims-cli)
 if [[ $VIRT == 1 ]] && ! command -v virt-inspector >/dev/null; then
