@@ -184,8 +184,13 @@ def test_chunked_upload_and_download_round_trip(server):
 
 def test_oversized_headers_get_a_4xx_and_the_server_survives(server):
     sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(b"GET /v2/images HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n")
     reply = b""
+    try:
+        # The server may answer and close before the whole header is sent: a broken pipe here
+        # is the server refusing, not the test failing.
+        sock.sendall(b"GET /v2/images HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
     try:
         while b"\r\n" not in reply:
             part = sock.recv(4096)
