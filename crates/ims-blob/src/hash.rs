@@ -10,7 +10,7 @@ use md5::{Digest, Md5};
 use sha2::Sha512;
 
 /// Chunks queued per hashing thread before the producer waits; bounds memory.
-const QUEUE_DEPTH: usize = 16;
+const QUEUE_DEPTH: usize = 4;
 
 /// The hashes of a complete stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use crate::{BlobError, BlobInfo, BlobKey, BlobResult, BlobStore, BlobStream, Blo
 /// hops, small enough that a handful in flight stay far below any memory concern.
 const READ_CHUNK: usize = 1 << 20;
 /// Chunks in flight between the file thread and the async side, in either direction.
-const CHANNEL_DEPTH: usize = 8;
+const CHANNEL_DEPTH: usize = 4;
 /// Written bytes after which the kernel is asked to start writing them back, so the fsync at
 /// commit finds little left to flush instead of the whole image.
 const WRITEBACK_STEP: u64 = 32 << 20;
