@@ -21,7 +21,11 @@ use ims_core::{App, Config};
 use ims_domain::Role;
 
 #[derive(Parser, Debug)]
-#[command(name = "ims", version, about = "Image Management Service: server, admin and client")]
+#[command(
+    name = "ims",
+    version,
+    about = "Image Management Service: server, admin and client"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -147,7 +151,10 @@ enum RoleCommand {
 }
 
 fn by_name(name: &str) -> Named {
-    Named::Name { name: name.to_string(), domain: DomainRef::Name("Default".into()) }
+    Named::Name {
+        name: name.to_string(),
+        domain: DomainRef::Name("Default".into()),
+    }
 }
 
 fn parse_role(role: &str) -> anyhow::Result<Role> {
@@ -167,9 +174,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.public_url {
         config.public_url = Some(url);
     }
-    let app = Arc::new(App::open(config).await.map_err(|e| anyhow::anyhow!("opening stores: {e}"))?);
+    let app = Arc::new(
+        App::open(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening stores: {e}"))?,
+    );
     let admin_password = std::env::var("IMS_ADMIN_PASSWORD").ok();
-    if let Some(generated) = app.identity.bootstrap(admin_password.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+    if let Some(generated) = app
+        .identity
+        .bootstrap(admin_password.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
         println!("Bootstrapped user 'admin' in project 'admin' with password: {generated}");
         println!("(shown once; set IMS_ADMIN_PASSWORD to choose it)");
     }
@@ -177,7 +193,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(async move {
         loop {
             match images.collect_garbage().await {
-                Ok(report) if report != Default::default() => tracing::info!(?report, "garbage collected"),
+                Ok(report) if report != Default::default() => {
+                    tracing::info!(?report, "garbage collected")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }
@@ -187,13 +205,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let router = ims_api::router(app.clone());
     println!("ims listening on http://{bound}");
     std::io::stdout().flush()?;
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
@@ -203,7 +224,9 @@ async fn shutdown_signal() {
 
 async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     let config = args.node.load()?;
-    let app = App::open(config).await.map_err(|e| anyhow::anyhow!("opening stores: {e}"))?;
+    let app = App::open(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening stores: {e}"))?;
     let ids = &app.identity;
     let fail = |e: ims_core::ServiceError| anyhow::anyhow!("{e}");
     match args.command {
@@ -216,32 +239,76 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 println!("{}\t{}", p.id, p.name);
             }
         }
-        AdminCommand::User(UserCommand::Create { name, password, project, role }) => {
+        AdminCommand::User(UserCommand::Create {
+            name,
+            password,
+            project,
+            role,
+        }) => {
             let u = ids.create_user(&name, &password).await.map_err(fail)?;
             if let (Some(project), Some(role)) = (project, role) {
-                ids.assign_role(&by_name(&name), &by_name(&project), parse_role(&role)?, true).await.map_err(fail)?;
+                ids.assign_role(
+                    &by_name(&name),
+                    &by_name(&project),
+                    parse_role(&role)?,
+                    true,
+                )
+                .await
+                .map_err(fail)?;
             }
             println!("{}\t{}", u.id, u.name);
         }
         AdminCommand::User(UserCommand::SetPassword { name, password }) => {
-            ids.set_password(&by_name(&name), &password).await.map_err(fail)?;
+            ids.set_password(&by_name(&name), &password)
+                .await
+                .map_err(fail)?;
         }
         AdminCommand::User(UserCommand::List) => {
             for u in ids.meta().list_users().await? {
                 println!("{}\t{}", u.id, u.name);
             }
         }
-        AdminCommand::Role(RoleCommand::Add { user, project, role }) => {
-            ids.assign_role(&by_name(&user), &by_name(&project), parse_role(&role)?, true).await.map_err(fail)?;
+        AdminCommand::Role(RoleCommand::Add {
+            user,
+            project,
+            role,
+        }) => {
+            ids.assign_role(
+                &by_name(&user),
+                &by_name(&project),
+                parse_role(&role)?,
+                true,
+            )
+            .await
+            .map_err(fail)?;
         }
-        AdminCommand::Role(RoleCommand::Remove { user, project, role }) => {
-            ids.assign_role(&by_name(&user), &by_name(&project), parse_role(&role)?, false).await.map_err(fail)?;
+        AdminCommand::Role(RoleCommand::Remove {
+            user,
+            project,
+            role,
+        }) => {
+            ids.assign_role(
+                &by_name(&user),
+                &by_name(&project),
+                parse_role(&role)?,
+                false,
+            )
+            .await
+            .map_err(fail)?;
         }
         AdminCommand::Role(RoleCommand::List) => {
             let meta = ids.meta();
             for (user_id, project_id, role) in meta.list_role_assignments().await? {
-                let user = meta.get_user(&user_id).await?.map(|u| u.name).unwrap_or(user_id);
-                let project = meta.get_project(&project_id).await?.map(|p| p.name).unwrap_or(project_id);
+                let user = meta
+                    .get_user(&user_id)
+                    .await?
+                    .map(|u| u.name)
+                    .unwrap_or(user_id);
+                let project = meta
+                    .get_project(&project_id)
+                    .await?
+                    .map(|p| p.name)
+                    .unwrap_or(project_id);
                 println!("{user}\t{project}\t{}", role.as_str());
             }
         }
@@ -249,7 +316,9 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             let report = app.images.collect_garbage().await.map_err(fail)?;
             println!(
                 "orphan blobs deleted: {}, abandoned writes removed: {}, stale uploads reset: {}",
-                report.orphan_blobs_deleted, report.abandoned_writes_removed, report.stale_uploads_reset
+                report.orphan_blobs_deleted,
+                report.abandoned_writes_removed,
+                report.stale_uploads_reset
             );
         }
     }
@@ -259,12 +328,16 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IMS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("IMS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the async runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime");
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),

@@ -405,11 +405,18 @@ mod tests {
         let node_a = IdentityService::open(meta.clone(), 60).await.unwrap();
         let node_b = IdentityService::open(meta, 60).await.unwrap();
         node_a.bootstrap(Some("pw")).await.unwrap();
-        let auth = PasswordAuth { user: by_name("admin"), password: "pw".into(), project: Some(by_name("admin")) };
+        let auth = PasswordAuth {
+            user: by_name("admin"),
+            password: "pw".into(),
+            project: Some(by_name("admin")),
+        };
         let issued = node_a.authenticate(auth).await.unwrap();
         assert_eq!(node_b.verify(&issued.token).await.unwrap(), issued.claims);
         node_b.revoke(&issued.claims).await.unwrap();
-        assert!(node_a.verify(&issued.token).await.is_err(), "a revocation on one node holds on all");
+        assert!(
+            node_a.verify(&issued.token).await.is_err(),
+            "a revocation on one node holds on all"
+        );
     }
 
     #[tokio::test]
