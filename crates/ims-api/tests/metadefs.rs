@@ -1,44 +1,24 @@
 //! In-process API tests for `/v2/metadefs`: the router over in-memory stores, driven the way
 //! tempest's admin metadef tests and glanceclient drive it.
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use ims_core::identity::{DomainRef, Named};
 use ims_core::{App, Config};
 use ims_domain::Role;
 use serde_json::{Value, json};
-use tower::ServiceExt;
+
+use common::{Reply, issue_token, named, send};
 
 struct TestApp {
     router: Router,
     admin: String,
     reader: String,
     other: String,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-fn named(n: &str) -> Named {
-    Named::Name {
-        name: n.into(),
-        domain: DomainRef::Name("Default".into()),
-    }
 }
 
 impl TestApp {
@@ -69,38 +49,11 @@ impl TestApp {
     }
 
     async fn send(&self, req: Request<Body>) -> Reply {
-        let resp = self.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        send(&self.router, req).await
     }
 
     async fn token(&self, user: &str, pw: &str, project: &str) -> String {
-        let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": {"name": "Default"}, "password": pw}}},
-                          "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}});
-        let reply = self
-            .send(
-                Request::post("/identity/v3/auth/tokens")
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.to_string()))
-                    .unwrap(),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        reply.headers["x-subject-token"]
-            .to_str()
-            .unwrap()
-            .to_string()
+        issue_token(&self.router, user, pw, project).await
     }
 
     async fn call(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
