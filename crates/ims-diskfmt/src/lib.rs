@@ -3,9 +3,10 @@
 //!
 //! This crate is a leaf: synchronous, no serde, no HTTP, and it never opens a file it was not
 //! handed. Everything reads through [`ReadAt`] (positional reads on `&self`, no shared cursor).
-//! The entry point today is [`probe::probe`], the upload inspector; readers and writers for each
-//! format come later.
+//! Two entry points: [`probe::probe`], the upload inspector (headers only, bounded windows),
+//! and [`disk::open`], random-access readers of the virtual content.
 
+pub mod disk;
 pub mod probe;
 
 use std::fmt;
