@@ -8,6 +8,7 @@
 
 pub mod disk;
 pub mod probe;
+pub mod write;
 
 use std::fmt;
 use std::io;

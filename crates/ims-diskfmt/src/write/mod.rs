@@ -1,0 +1,71 @@
+//! Writers for every writable format: a [`DiskWriter`] turns blocks of virtual content into an
+//! image on a [`Sink`].
+//!
+//! The converter (`convert`) drives a writer: it reads the source in blocks of the writer's
+//! [`DiskWriter::block_size`], skips blocks that are all zeros, runs the writer's optional
+//! [`BlockEncoder`] (compression) on worker threads in any order, and hands the results to
+//! [`DiskWriter::write_block`] strictly in ascending offset order. That keeps compressed output
+//! deterministic while using every core. Blocks never handed over read back as zeros.
+//!
+//! Format writers live in one module each and are reached through [`create`].
+
+mod sink;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use sink::{MemorySink, Sink};
+
+use crate::Format;
+use crate::disk::DiskError;
+
+/// Format options in qemu-img's `-o key=value` form (`compat=1.1`, `subformat=streamOptimized`,
+/// `compression_type=zstd`, ...). Each writer rejects keys it does not know.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub options: BTreeMap<String, String>,
+    /// Compress every block the format can compress (qemu-img `convert -c`).
+    pub compress: bool,
+}
+
+/// The CPU-heavy, order-independent part of writing a block (compression). Runs on worker
+/// threads; its output goes to [`DiskWriter::write_block`] in order.
+pub trait BlockEncoder: Send + Sync {
+    /// Encodes the block at `offset` (`data` is the block's virtual content, never all zeros).
+    fn encode(&self, offset: u64, data: &[u8]) -> Result<Vec<u8>, DiskError>;
+}
+
+/// An image being written.
+pub trait DiskWriter: Send {
+    /// Size of the blocks the converter hands over (the cluster/grain/block size). Every block
+    /// starts at a multiple of it; only the last block of the disk may be shorter.
+    fn block_size(&self) -> u64;
+
+    /// The encoder to run on every block before [`DiskWriter::write_block`], if any.
+    fn encoder(&self) -> Option<Arc<dyn BlockEncoder>>;
+
+    /// Writes one block. Calls come in strictly ascending `offset` order; `encoded` is the
+    /// encoder's output for this block when [`DiskWriter::encoder`] returned one.
+    fn write_block(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        encoded: Option<Vec<u8>>,
+    ) -> Result<(), DiskError>;
+
+    /// Writes the remaining metadata (tables, footers) and flushes the sink.
+    fn finish(self: Box<Self>) -> Result<(), DiskError>;
+}
+
+/// Starts a `format` image of `virtual_size` bytes on `sink`.
+pub fn create(
+    sink: Box<dyn Sink>,
+    format: Format,
+    virtual_size: u64,
+    options: &CreateOptions,
+) -> Result<Box<dyn DiskWriter>, DiskError> {
+    let _ = (sink, virtual_size, options);
+    Err(DiskError::Unsupported {
+        what: format!("writing {format} images is not implemented yet"),
+    })
+}
