@@ -57,6 +57,54 @@ pub trait Disk: Send + Sync {
 
     /// Fills `buf` with the virtual content at `offset`. The range must lie inside the disk.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
+
+    /// Format details for `ims img info` (cluster size, subformat, qemu's format-specific keys).
+    fn info(&self) -> DiskInfo {
+        DiskInfo::default()
+    }
+
+    /// Walks every metadata structure and reports inconsistencies (`qemu-img check`).
+    fn check(&self) -> Result<CheckReport, DiskError> {
+        Err(DiskError::unsupported(format!(
+            "{} images have no consistency check",
+            self.format()
+        )))
+    }
+}
+
+/// What `info` shows beyond format and size.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// Cluster / grain / block size, where the format has one (qemu's `cluster-size`).
+    pub cluster_size: Option<u64>,
+    /// Variant: qcow2 `compat` ("0.10"/"1.1"), VMDK createType, VHD/VHDX "fixed"/"dynamic".
+    pub subformat: Option<String>,
+    /// The image is marked dirty / in use (qemu's `dirty-flag`).
+    pub dirty: bool,
+    /// The data is encrypted.
+    pub encrypted: bool,
+    /// qemu's `format-specific.data` keys and values, e.g. ("compression-type", "zlib"),
+    /// ("refcount-bits", "16"), ("create-type", "streamOptimized"). Values are JSON literals'
+    /// text: numbers and booleans unquoted, strings plain.
+    pub details: Vec<(String, String)>,
+    /// Internal snapshots (qcow2): (id, name, virtual size).
+    pub snapshots: Vec<(String, String, u64)>,
+}
+
+/// The result of a consistency check, counted as `qemu-img check` counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Metadata errors that can lose data.
+    pub corruptions: u64,
+    /// Allocated but unreferenced space.
+    pub leaks: u64,
+    /// One line per problem found, naming the structure and offset.
+    pub messages: Vec<String>,
+    /// Allocated / total clusters where the format counts them.
+    pub allocated_clusters: Option<u64>,
+    pub total_clusters: Option<u64>,
+    /// End of the used part of the image file.
+    pub image_end_offset: Option<u64>,
 }
 
 /// How to open an image.
