@@ -26,7 +26,11 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod common;
+
+use common::{Fixture, fixtures_dir, manifest};
 
 use ims_diskfmt::Format;
 use ims_diskfmt::probe::{InspectionWindow, Probe, ProbeError, probe};
@@ -67,93 +71,6 @@ const HEADER_VALID_CORRUPT: [(&str, &str); 8] = [
 ];
 
 const GIB: u64 = 1 << 30;
-
-struct Fixture {
-    category: String,
-    name: String,
-    format: String,
-    virtual_size: Option<u64>,
-    flags: Vec<String>,
-}
-
-impl Fixture {
-    fn path(&self, root: &Path) -> PathBuf {
-        let dir = if self.category == "malicious" {
-            "unsafe"
-        } else {
-            &self.category
-        };
-        root.join(dir).join(&self.name)
-    }
-
-    /// The Glance disk_format a user would declare.
-    fn declared(&self) -> &str {
-        match self.format.as_str() {
-            "vpc" => "vhd",
-            other => other,
-        }
-    }
-
-    fn has_flag(&self, flag: &str) -> bool {
-        self.flags.iter().any(|f| f == flag)
-    }
-}
-
-fn fixtures_dir() -> Option<PathBuf> {
-    match std::env::var_os("IMS_FIXTURES_DIR") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None if std::env::var("IMS_SKIP_FIXTURES").as_deref() == Ok("1") => {
-            eprintln!("fixtures test skipped: IMS_SKIP_FIXTURES=1");
-            None
-        }
-        None => panic!(
-            "IMS_FIXTURES_DIR is not set: run `bash /work/shared/fixtures/make-fixtures.sh DIR` and \
-             set IMS_FIXTURES_DIR=DIR (or IMS_SKIP_FIXTURES=1 to skip deliberately)"
-        ),
-    }
-}
-
-fn manifest(root: &Path) -> Vec<Fixture> {
-    let text = std::fs::read_to_string(root.join("MANIFEST.tsv"))
-        .unwrap_or_else(|e| panic!("reading {}/MANIFEST.tsv: {e}", root.display()));
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .expect("MANIFEST.tsv is empty")
-        .split('\t')
-        .collect();
-    let column = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .unwrap_or_else(|| panic!("MANIFEST.tsv has no column {name}"))
-    };
-    let (category, name, format, size, flags) = (
-        column("category"),
-        column("name"),
-        column("format"),
-        column("virtual_size"),
-        column("flags"),
-    );
-    lines
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let cells: Vec<&str> = line.split('\t').collect();
-            let cell = |i: usize| cells.get(i).copied().unwrap_or("");
-            Fixture {
-                category: cell(category).into(),
-                name: cell(name).into(),
-                format: cell(format).into(),
-                virtual_size: cell(size).parse().ok(),
-                flags: cell(flags)
-                    .split(',')
-                    .filter(|f| !f.is_empty())
-                    .map(String::from)
-                    .collect(),
-            }
-        })
-        .collect()
-}
 
 fn probe_file(path: &Path) -> Result<Probe, ProbeError> {
     let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
