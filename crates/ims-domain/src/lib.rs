@@ -5,6 +5,7 @@ pub mod error;
 pub mod identity;
 pub mod image;
 pub mod member;
+pub mod os_catalog;
 pub mod policy;
 pub mod query;
 
