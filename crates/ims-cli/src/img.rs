@@ -19,7 +19,8 @@ pub struct ImgArgs {
 enum ImgCommand {
     /// Read a disk image's partitions, filesystems and operating system without booting it.
     Inspect {
-        /// The image file (raw; other formats are refused until they can be read).
+        /// The image file, in any format `ims-diskfmt` reads (images referring to other files are
+        /// refused).
         image: PathBuf,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,

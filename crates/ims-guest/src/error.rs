@@ -26,8 +26,24 @@ pub enum GuestError {
     },
     #[error("{what} exceeds the limit of {limit}")]
     LimitExceeded { what: &'static str, limit: u64 },
-    #[error("the {0} disk format cannot be inspected yet: only raw images are read today")]
-    UnsupportedDiskFormat(&'static str),
+    #[error("{format} images cannot be inspected: {reason}")]
+    UnsupportedDiskFormat {
+        format: &'static str,
+        reason: String,
+    },
+    #[error("the {format} image refers to other files ({targets}): refusing to open them")]
+    ReferencesOtherFiles {
+        format: &'static str,
+        targets: String,
+    },
+    #[error("the {format} image is encrypted: its contents cannot be inspected")]
+    Encrypted { format: &'static str },
+    #[error("opening the {format} image: {source}")]
+    OpeningDisk {
+        format: &'static str,
+        #[source]
+        source: ims_diskfmt::disk::DiskError,
+    },
     #[error("probing the disk format: {0}")]
     Probing(String),
     #[error("opening {path}: {source}")]

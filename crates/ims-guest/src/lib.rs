@@ -1,10 +1,11 @@
 //! Guest inspection: what is inside a disk image (partitions, LVM, filesystems, OS, version,
 //! architecture, boot mode, cloud-init) read straight from its bytes, without booting it.
 //!
-//! Sync, no serde, no HTTP. Everything reads through [`Volume`] (bounded, checked positional
-//! reads over an [`ims_diskfmt::ReadAt`]); every limit is a named constant. Only raw images
-//! (and ISO media) are read today: other formats are recognised by `ims-diskfmt` and refused
-//! with [`GuestError::UnsupportedDiskFormat`] until that crate grows readers.
+//! Sync, no serde, no HTTP. The image's format is detected with `ims_diskfmt::probe` and its
+//! virtual disk read through `ims_diskfmt::disk::open` (any format that crate has a reader for;
+//! the others are refused with [`GuestError::UnsupportedDiskFormat`]); images that refer to other
+//! files (backing files, extents, parents) are refused, never followed. Everything then reads
+//! through [`Volume`] (bounded, checked positional reads); every limit is a named constant.
 
 pub mod error;
 pub mod fs;
@@ -15,6 +16,7 @@ pub mod volume;
 
 use std::sync::Arc;
 
+use ims_diskfmt::disk::{Disk, DiskErrorKind, OpenOptions};
 use ims_diskfmt::{Format, ReadAt};
 
 pub use error::{GuestError, Result};
@@ -128,15 +130,71 @@ pub fn inspect_path(path: &std::path::Path) -> Result<Inspection> {
     inspect(Arc::new(file))
 }
 
-/// Inspects a disk image.
-pub fn inspect(disk: Arc<dyn ReadAt + Send + Sync>) -> Result<Inspection> {
+/// The virtual disk of an image of any format, as the [`ReadAt`] [`Volume`] reads.
+struct VirtualDisk(Box<dyn Disk>);
+
+impl ReadAt for VirtualDisk {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let size = self.0.virtual_size();
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = usize::try_from(size - offset).map_or(buf.len(), |left| left.min(buf.len()));
+        self.0
+            .read_at(offset, &mut buf[..n])
+            .map_err(std::io::Error::other)?;
+        Ok(n)
+    }
+
+    fn len(&self) -> u64 {
+        self.0.virtual_size()
+    }
+}
+
+/// Opens the virtual disk inside an image file's bytes: detects the format, refuses images
+/// that refer to other files or are encrypted, and decodes the rest through `ims-diskfmt`.
+pub fn open_disk(image: Arc<dyn ReadAt + Send + Sync>) -> Result<(Format, Box<dyn Disk>)> {
     let probe =
-        ims_diskfmt::probe::probe(&*disk).map_err(|e| GuestError::Probing(e.to_string()))?;
-    let disk_format = match probe.format {
-        Format::Raw | Format::Gpt | Format::Iso => probe.format.as_str(),
-        other => return Err(GuestError::UnsupportedDiskFormat(other.as_str())),
-    };
-    let whole = Volume::whole(disk);
+        ims_diskfmt::probe::probe(&*image).map_err(|e| GuestError::Probing(e.to_string()))?;
+    let format = probe.format;
+    if !probe.references.is_empty() {
+        let targets: Vec<&str> = probe.references.iter().map(|r| r.target.as_str()).collect();
+        return Err(GuestError::ReferencesOtherFiles {
+            format: format.as_str(),
+            targets: targets.join(", "),
+        });
+    }
+    if probe.encrypted || format == Format::Luks {
+        return Err(GuestError::Encrypted {
+            format: format.as_str(),
+        });
+    }
+    let disk =
+        ims_diskfmt::disk::open(image, format, &OpenOptions::default()).map_err(|source| {
+            match source.kind() {
+                DiskErrorKind::Unsupported => GuestError::UnsupportedDiskFormat {
+                    format: format.as_str(),
+                    reason: source.to_string(),
+                },
+                _ => GuestError::OpeningDisk {
+                    format: format.as_str(),
+                    source,
+                },
+            }
+        })?;
+    Ok((format, disk))
+}
+
+/// Inspects a disk image of any format `ims-diskfmt` reads (see [`open_disk`]).
+pub fn inspect(image: Arc<dyn ReadAt + Send + Sync>) -> Result<Inspection> {
+    let (format, disk) = open_disk(image)?;
+    inspect_disk(format, disk)
+}
+
+/// Inspects an opened virtual disk.
+pub fn inspect_disk(format: Format, disk: Box<dyn Disk>) -> Result<Inspection> {
+    let disk_format = format.as_str();
+    let whole = Volume::whole(Arc::new(VirtualDisk(disk)));
     let table = part::read_partition_table(&whole)?;
     let mut warnings = Vec::new();
     let mut candidates: Vec<(String, Option<u64>, Volume)> = Vec::new();

@@ -15,7 +15,7 @@ use ims_guest::{GuestError, Inspection};
 const NOT_YET_SUPPORTED: &[(&str, &str)] = &[(
     "debian12-amd64-uefi-gpt-ext4-cloudinit.qcow2",
     "qcow2 has no reader yet (ims-diskfmt grows one in the format-engine issue); refused as \
-     UnsupportedDiskFormat(\"qcow2\")",
+     UnsupportedDiskFormat { format: \"qcow2\", .. }",
 )];
 
 fn expected_manifest(images: &Path) -> PathBuf {
@@ -150,7 +150,7 @@ fn inspect_matches_the_manifest_for_every_os_image() {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         if let Some((_, reason)) = NOT_YET_SUPPORTED.iter().find(|(f, _)| *f == row.file) {
             match result {
-                Err(GuestError::UnsupportedDiskFormat(_)) => {
+                Err(GuestError::UnsupportedDiskFormat { .. }) => {
                     eprintln!("{:<50} not yet supported: {reason}", row.file);
                 }
                 other => failures.push(format!(
