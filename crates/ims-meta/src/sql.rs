@@ -46,8 +46,10 @@ pub struct SqlStore {
     pool: Pool,
 }
 
+/// The connection pool behind a [`SqlStore`], shared with stores that keep their own tables in
+/// the same database and migration sequence (the metadef store, `ims-jobs`).
 #[derive(Debug, Clone)]
-pub(crate) enum Pool {
+pub enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -644,8 +646,9 @@ impl SqlStore {
         .map_err(MetaError::Migrating)
     }
 
-    /// The pool, for the metadef store (`crate::metadefs`), which keeps its own statements.
-    pub(crate) fn pool(&self) -> &Pool {
+    /// The pool, for stores that keep their own statements on the same database: the metadef
+    /// store (`crate::metadefs`) and the job queue (`ims-jobs`).
+    pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
