@@ -8,6 +8,8 @@
 
 pub mod disk;
 pub mod probe;
+mod vdi;
+mod vmdk;
 pub mod write;
 
 use std::fmt;

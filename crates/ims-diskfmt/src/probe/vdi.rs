@@ -1,72 +1,16 @@
 //! VDI (VirtualBox) header inspection: geometry qemu supports, block map placement and
 //! entries, and the parent UUIDs of differencing images.
 
-use zerocopy::byteorder::{LittleEndian, U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
-
 use super::source::Source;
 use super::{Detection, FileReference, Probe, ProbeError, ReferenceKind};
 use crate::Format;
-
-const SIGNATURE: u32 = 0xBEDA_107F;
-const SIGNATURE_OFFSET: u64 = 0x40;
-/// qemu reads only version 1.1.
-const VERSION_1_1: u32 = 0x0001_0001;
-const SECTOR: u32 = 512;
-/// qemu supports only 1 MiB blocks.
-const BLOCK_SIZE: u32 = 1 << 20;
-/// qemu's VDI_BLOCKS_IN_IMAGE_MAX: the block map must stay below 4 GiB.
-const MAX_BLOCKS: u32 = 0x3fff_ffff;
-const TYPE_NORMAL: u32 = 1;
-const TYPE_FIXED: u32 = 2;
-const TYPE_UNDO: u32 = 3;
-const TYPE_DIFF: u32 = 4;
-const UNALLOCATED: u32 = 0xFFFF_FFFF;
-const DISCARDED: u32 = 0xFFFF_FFFE;
-
-/// The header (little-endian) from the start of the file to the parent UUID.
-#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-struct HeaderRaw {
-    text: [u8; 64],
-    signature: U32<LittleEndian>,
-    version: U32<LittleEndian>,
-    header_size: U32<LittleEndian>,
-    image_type: U32<LittleEndian>,
-    image_flags: U32<LittleEndian>,
-    description: [u8; 256],
-    offset_bmap: U32<LittleEndian>,
-    offset_data: U32<LittleEndian>,
-    cylinders: U32<LittleEndian>,
-    heads: U32<LittleEndian>,
-    sectors: U32<LittleEndian>,
-    sector_size: U32<LittleEndian>,
-    unused: U32<LittleEndian>,
-    disk_size: U64<LittleEndian>,
-    block_size: U32<LittleEndian>,
-    block_extra: U32<LittleEndian>,
-    blocks_in_image: U32<LittleEndian>,
-    blocks_allocated: U32<LittleEndian>,
-    uuid_image: [u8; 16],
-    uuid_last_snap: [u8; 16],
-    uuid_link: [u8; 16],
-    uuid_parent: [u8; 16],
-}
+use crate::vdi::header::{
+    DISCARDED, HeaderRaw, SIGNATURE, SIGNATURE_OFFSET, TYPE_DIFF, TYPE_DYNAMIC, TYPE_STATIC,
+    TYPE_UNDO, UNALLOCATED, uuid_text,
+};
 
 fn invalid(structure: &'static str, offset: u64, reason: impl Into<String>) -> ProbeError {
     ProbeError::invalid(Format::Vdi, structure, offset, reason)
-}
-
-fn uuid_text(u: &[u8; 16]) -> String {
-    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{{{}-{}-{}-{}-{}}}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }
 
 pub(crate) fn detect(src: &Source) -> Detection {
@@ -77,53 +21,15 @@ pub(crate) fn detect(src: &Source) -> Detection {
         return Ok(None);
     }
     let raw: HeaderRaw = src.read_struct("vdi header", 0)?;
-    let version = raw.version.get();
-    if version != VERSION_1_1 {
-        return Err(invalid(
-            "header",
-            0x44,
-            format!("unsupported version {version:#010x}"),
-        ));
-    }
-    let image_type = raw.image_type.get();
-    if !(TYPE_NORMAL..=TYPE_DIFF).contains(&image_type) {
-        return Err(invalid(
-            "header",
-            0x4c,
-            format!("unknown image type {image_type}"),
-        ));
-    }
-    if raw.sector_size.get() != SECTOR {
-        return Err(invalid(
-            "header",
-            0x168,
-            format!("sector size {} is not 512", raw.sector_size.get()),
-        ));
-    }
-    let block_size = raw.block_size.get();
-    if block_size != BLOCK_SIZE {
-        return Err(invalid(
-            "header",
-            0x178,
-            format!("block size {block_size} is not 1 MiB"),
-        ));
-    }
+    raw.check(src.len()).map_err(|p| {
+        let structure = if p.field_offset == 0x154 {
+            "block map"
+        } else {
+            "header"
+        };
+        invalid(structure, p.field_offset, p.reason)
+    })?;
     let blocks = raw.blocks_in_image.get();
-    if blocks > MAX_BLOCKS {
-        return Err(invalid(
-            "header",
-            0x180,
-            format!("{blocks} blocks exceed {MAX_BLOCKS}"),
-        ));
-    }
-    let disk_size = raw.disk_size.get();
-    if disk_size > u64::from(blocks) * u64::from(block_size) {
-        return Err(invalid(
-            "header",
-            0x170,
-            format!("disk size {disk_size} exceeds {blocks} blocks of {block_size} bytes"),
-        ));
-    }
     if raw.blocks_allocated.get() > blocks {
         return Err(invalid(
             "header",
@@ -131,29 +37,17 @@ pub(crate) fn detect(src: &Source) -> Detection {
             "more blocks allocated than the image has",
         ));
     }
+    let image_type = raw.image_type.get();
+    let disk_size = raw.disk_size.get();
     let bmap_offset = u64::from(raw.offset_bmap.get());
-    let data_offset = u64::from(raw.offset_data.get());
-    let bmap_bytes = u64::from(blocks) * 4;
-    if bmap_offset % u64::from(SECTOR) != 0
-        || data_offset % u64::from(SECTOR) != 0
-        || bmap_offset < size_of::<HeaderRaw>() as u64
-        || bmap_offset + bmap_bytes > data_offset
-        || bmap_offset + bmap_bytes > src.len()
-    {
-        return Err(invalid(
-            "block map",
-            bmap_offset,
-            "unaligned, overlapping the header or past the end of the image",
-        ));
-    }
     check_block_map(src, bmap_offset, blocks)?;
 
     let mut found = Probe::new(Format::Vdi);
     found.virtual_size = Some(disk_size);
     found.subformat = Some(
         match image_type {
-            TYPE_NORMAL => "dynamic",
-            TYPE_FIXED => "static",
+            TYPE_DYNAMIC => "dynamic",
+            TYPE_STATIC => "static",
             TYPE_UNDO => "undo",
             _ => "differencing",
         }
@@ -215,6 +109,7 @@ fn check_block_map(src: &Source, offset: u64, blocks: u32) -> Result<(), ProbeEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vdi::header::{BLOCK_SIZE, VERSION_1_1};
     use crate::probe::probe;
 
     /// qemu layout: header, block map at 0x200 (4 blocks, block 0 allocated), data at 0x400.
@@ -224,7 +119,7 @@ mod tests {
         b[0x40..0x44].copy_from_slice(&SIGNATURE.to_le_bytes());
         b[0x44..0x48].copy_from_slice(&VERSION_1_1.to_le_bytes());
         b[0x48..0x4c].copy_from_slice(&0x180u32.to_le_bytes()); // header size
-        b[0x4c..0x50].copy_from_slice(&TYPE_NORMAL.to_le_bytes());
+        b[0x4c..0x50].copy_from_slice(&TYPE_DYNAMIC.to_le_bytes());
         b[0x154..0x158].copy_from_slice(&0x200u32.to_le_bytes()); // offset_bmap
         b[0x158..0x15c].copy_from_slice(&0x400u32.to_le_bytes()); // offset_data
         b[0x168..0x16c].copy_from_slice(&512u32.to_le_bytes()); // sector size

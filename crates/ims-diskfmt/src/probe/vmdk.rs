@@ -1,65 +1,17 @@
 //! VMDK inspection: the hosted sparse header (KDMV), its embedded descriptor, text
 //! descriptors, and the streamOptimized footer.
 
-use zerocopy::byteorder::{LittleEndian, U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
-
-use super::source::{Source, parse_prefix};
+use super::source::Source;
 use super::{Detection, FileReference, Probe, ProbeError, ReferenceKind};
 use crate::Format;
+use crate::vmdk::descriptor::{Descriptor, MAX_DESCRIPTOR_BYTES};
+use crate::vmdk::header::{
+    FLAG_REDUNDANT_GD, FOOTER_AREA, GD_AT_END, MAGIC, SECTOR, SparseHeaderRaw, parse_footer,
+};
 
-const MAGIC: [u8; 4] = *b"KDMV";
-const SECTOR: u64 = 512;
-/// Versions qemu reads (3 = streamOptimized).
-const MAX_VERSION: u32 = 3;
-/// qemu rejects more than 512 grain table entries per table.
-const MAX_GTES_PER_GT: u32 = 512;
-/// qemu's largest grain: 0x200000 sectors (1 GiB).
-const MAX_GRAIN_SECTORS: u64 = 0x20_0000;
-/// qemu caps the grain directory at 32 M entries.
-const MAX_GD_ENTRIES: u64 = 32 << 20;
-/// Glance and qemu read at most 1 MiB of descriptor text.
-const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
 /// qemu's probe looks at the first 2 KiB for a text descriptor's `version=` line.
 const TEXT_PROBE_BYTES: u64 = 2048;
-/// Bounds the work on hostile descriptors (a real one has a handful of extents).
-const MAX_EXTENTS: usize = 4096;
-/// Grain directory offset meaning "see the footer" (streamOptimized, VMware layout).
-const GD_AT_END: u64 = u64::MAX;
-const FLAG_REDUNDANT_GD: u32 = 1 << 1;
-/// The footer, the footer marker and the end-of-stream marker: the last three sectors.
-const FOOTER_AREA: u64 = 3 * SECTOR;
-const MARKER_FOOTER: u32 = 3;
 const ALLOWED_CREATE_TYPES: [&str; 2] = ["monolithicSparse", "streamOptimized"];
-
-/// The hosted sparse extent header (little-endian); 79 bytes of the 512-byte sector.
-#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-struct SparseHeaderRaw {
-    magic: [u8; 4],
-    version: U32<LittleEndian>,
-    flags: U32<LittleEndian>,
-    capacity: U64<LittleEndian>,
-    grain_size: U64<LittleEndian>,
-    descriptor_offset: U64<LittleEndian>,
-    descriptor_size: U64<LittleEndian>,
-    num_gtes_per_gt: U32<LittleEndian>,
-    rgd_offset: U64<LittleEndian>,
-    gd_offset: U64<LittleEndian>,
-    over_head: U64<LittleEndian>,
-    unclean_shutdown: u8,
-    newline_test: [u8; 4],
-    compress_algorithm: U16<LittleEndian>,
-}
-
-/// A stream marker: `{u64 value, u32 size, u32 type}` at the start of a sector.
-#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-struct MarkerRaw {
-    value: U64<LittleEndian>,
-    size: U32<LittleEndian>,
-    kind: U32<LittleEndian>,
-}
 
 fn invalid(structure: &'static str, offset: u64, reason: impl Into<String>) -> ProbeError {
     ProbeError::invalid(Format::Vmdk, structure, offset, reason)
@@ -78,10 +30,10 @@ pub(crate) fn detect(src: &Source) -> Detection {
         return Ok(None);
     }
     let text = src.read("vmdk descriptor", 0, src.len().min(MAX_DESCRIPTOR_BYTES))?;
-    let descriptor = Descriptor::parse(&text)?;
+    let descriptor = parse_descriptor(&text)?;
     let mut found = Probe::new(Format::Vmdk);
     // A separate descriptor file: every extent is another file.
-    descriptor.report(&mut found, false);
+    report(&descriptor, &mut found, false);
     found.virtual_size = descriptor.extents_size();
     Ok(Some(found))
 }
@@ -124,14 +76,6 @@ fn looks_like_text_descriptor(head: &[u8]) -> bool {
 fn sparse(src: &Source) -> Result<Probe, ProbeError> {
     let raw: SparseHeaderRaw = src.read_struct("vmdk sparse header", 0)?;
     let mut found = Probe::new(Format::Vmdk);
-    let version = raw.version.get();
-    if version == 0 || version > MAX_VERSION {
-        return Err(invalid(
-            "sparse header",
-            4,
-            format!("unsupported version {version}"),
-        ));
-    }
     check_geometry(&raw)?;
     let mut header = raw;
     if header.gd_offset.get() == GD_AT_END {
@@ -159,8 +103,8 @@ fn sparse(src: &Source) -> Result<Probe, ProbeError> {
         .saturating_mul(SECTOR)
         .min(MAX_DESCRIPTOR_BYTES);
     let text = src.read("vmdk embedded descriptor", text_offset, text_len)?;
-    let descriptor = Descriptor::parse(&text)?;
-    descriptor.report(&mut found, true);
+    let descriptor = parse_descriptor(&text)?;
+    report(&descriptor, &mut found, true);
     let capacity = header.capacity.get();
     if capacity == 0 {
         // qemu then reads the embedded descriptor instead: a redirect to arbitrary extents.
@@ -176,45 +120,16 @@ fn sparse(src: &Source) -> Result<Probe, ProbeError> {
 }
 
 fn check_geometry(raw: &SparseHeaderRaw) -> Result<(), ProbeError> {
-    let gtes = raw.num_gtes_per_gt.get();
-    if gtes == 0 || gtes > MAX_GTES_PER_GT {
-        return Err(invalid(
-            "sparse header",
-            44,
-            format!("numGTEsPerGT {gtes} outside 1..={MAX_GTES_PER_GT}"),
-        ));
-    }
-    let grain = raw.grain_size.get();
-    if !grain.is_power_of_two() || grain > MAX_GRAIN_SECTORS {
-        return Err(invalid(
-            "sparse header",
-            20,
-            format!("grainSize {grain} is not a power of 2 up to {MAX_GRAIN_SECTORS} sectors"),
-        ));
-    }
-    let capacity = raw.capacity.get();
-    if capacity.checked_mul(SECTOR).is_none() {
-        return Err(invalid(
-            "sparse header",
-            12,
-            format!("capacity {capacity} overflows"),
-        ));
-    }
-    Ok(())
+    raw.check_geometry()
+        .map_err(|p| invalid("sparse header", p.field_offset, p.reason))
 }
 
 /// The grain directories (primary, and redundant when flagged) must fit inside the image.
 fn check_grain_directories(src: &Source, header: &SparseHeaderRaw) -> Result<(), ProbeError> {
-    let capacity = header.capacity.get();
-    let sectors_per_gt = header.grain_size.get() * u64::from(header.num_gtes_per_gt.get());
-    let gd_entries = capacity.div_ceil(sectors_per_gt);
-    if gd_entries > MAX_GD_ENTRIES {
-        return Err(invalid(
-            "grain directory",
-            12,
-            format!("{gd_entries} entries exceed qemu's limit of {MAX_GD_ENTRIES}"),
-        ));
-    }
+    header
+        .check_geometry()
+        .map_err(|p| invalid("grain directory", p.field_offset, p.reason))?;
+    let gd_entries = header.gd_entries();
     let mut directories = vec![("grain directory", header.gd_offset.get())];
     if header.flags.get() & FLAG_REDUNDANT_GD != 0 {
         directories.push(("redundant grain directory", header.rgd_offset.get()));
@@ -237,9 +152,7 @@ fn check_grain_directories(src: &Source, header: &SparseHeaderRaw) -> Result<(),
     Ok(())
 }
 
-/// Glance's footer check for `gdOffset == GD_AT_END`: the last three sectors must be a footer
-/// marker, a footer header repeating the header's signature, version and descriptor location
-/// (and not deferring to yet another footer), and an end-of-stream marker.
+/// Glance's footer check for `gdOffset == GD_AT_END` (see [`parse_footer`]).
 fn footer(src: &Source, header: &SparseHeaderRaw) -> Result<SparseHeaderRaw, String> {
     let len = src.len();
     if len < FOOTER_AREA + SECTOR {
@@ -249,194 +162,66 @@ fn footer(src: &Source, header: &SparseHeaderRaw) -> Result<SparseHeaderRaw, Str
     let area = src
         .read("vmdk footer", start, FOOTER_AREA)
         .map_err(|e| e.to_string())?;
-    let parse_marker = |at: usize| parse_prefix::<MarkerRaw>("vmdk marker", start, &area[at..]);
-    let footer_marker = parse_marker(0).map_err(|e| e.to_string())?;
-    if footer_marker.size.get() != 0 || footer_marker.kind.get() != MARKER_FOOTER {
-        return Err(format!(
-            "footer marker at offset {start} has type {} (expected {MARKER_FOOTER})",
-            footer_marker.kind.get()
-        ));
-    }
-    let eos = parse_marker(2 * SECTOR as usize).map_err(|e| e.to_string())?;
-    if eos.value.get() != 0 || eos.size.get() != 0 || eos.kind.get() != 0 {
-        return Err(format!(
-            "end-of-stream marker at offset {} is malformed",
-            start + 2 * SECTOR
-        ));
-    }
-    let footer: SparseHeaderRaw =
-        parse_prefix("vmdk footer", start + SECTOR, &area[SECTOR as usize..])
-            .map_err(|e| e.to_string())?;
-    if footer.magic != MAGIC
-        || footer.version.get() != header.version.get()
-        || footer.descriptor_offset.get() != header.descriptor_offset.get()
-        || footer.descriptor_size.get() != header.descriptor_size.get()
-    {
-        return Err("footer does not repeat the header's signature, version and descriptor".into());
-    }
-    if footer.gd_offset.get() == GD_AT_END {
-        return Err("footer defers the grain directory to another footer".into());
-    }
-    if footer.num_gtes_per_gt.get() != header.num_gtes_per_gt.get()
-        || footer.grain_size.get() != header.grain_size.get()
-    {
-        return Err("footer grain geometry differs from the header".into());
-    }
-    Ok(footer)
+    parse_footer(&area, start, header)
 }
 
-/// One extent line: `ACCESS SECTORS TYPE "FILE" [OFFSET]`.
-struct Extent {
-    access: String,
-    sectors: u64,
-    kind: String,
-    file: String,
+fn parse_descriptor(text: &[u8]) -> Result<Descriptor, ProbeError> {
+    Descriptor::parse(text).map_err(|e| invalid("descriptor", 0, e.to_string()))
 }
 
-struct Descriptor {
-    create_type: Option<String>,
-    parent_hint: Option<String>,
-    extents: Vec<Extent>,
-    bad_lines: Vec<String>,
-}
-
-fn unquote(value: &str) -> &str {
-    let value = value.trim();
-    value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(value)
-}
-
-impl Descriptor {
-    /// Parses descriptor text (up to the first NUL). Lines that are neither comments, `key=value`
-    /// nor extent lines are collected for the safety check rather than rejected outright.
-    fn parse(bytes: &[u8]) -> Result<Descriptor, ProbeError> {
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        let text = String::from_utf8_lossy(&bytes[..end]);
-        let mut descriptor = Descriptor {
-            create_type: None,
-            parent_hint: None,
-            extents: Vec::new(),
-            bad_lines: Vec::new(),
-        };
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if ["RW ", "RDONLY ", "NOACCESS "]
-                .iter()
-                .any(|a| line.starts_with(a))
-            {
-                if descriptor.extents.len() >= MAX_EXTENTS {
-                    return Err(invalid(
-                        "descriptor",
-                        0,
-                        format!("more than {MAX_EXTENTS} extent lines"),
-                    ));
-                }
-                match parse_extent(line) {
-                    Some(extent) => descriptor.extents.push(extent),
-                    None => descriptor.bad_lines.push(line.chars().take(80).collect()),
-                }
-                continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
-                descriptor.bad_lines.push(line.chars().take(80).collect());
-                continue;
-            };
-            match key.trim() {
-                "createType" => descriptor.create_type = Some(unquote(value).to_owned()),
-                "parentFileNameHint" => descriptor.parent_hint = Some(unquote(value).to_owned()),
-                _ => {}
-            }
-        }
-        Ok(descriptor)
+/// Records the descriptor's references and Glance's descriptor checks. `embedded`: the
+/// descriptor lives inside a sparse extent, whose single SPARSE extent is that file itself.
+fn report(descriptor: &Descriptor, found: &mut Probe, embedded: bool) {
+    let create_type = descriptor.create_type.as_deref().unwrap_or("");
+    found.subformat = descriptor.create_type.clone();
+    if !ALLOWED_CREATE_TYPES.contains(&create_type) {
+        found.fail(
+            "descriptor",
+            format_args!(
+                "vmdk createType '{create_type}' is not allowed (allowed: {})",
+                ALLOWED_CREATE_TYPES.join(", ")
+            ),
+        );
     }
-
-    /// Records the descriptor's references and Glance's descriptor checks. `embedded`: the
-    /// descriptor lives inside a sparse extent, whose single SPARSE extent is that file itself.
-    fn report(&self, found: &mut Probe, embedded: bool) {
-        let create_type = self.create_type.as_deref().unwrap_or("");
-        found.subformat = self.create_type.clone();
-        if !ALLOWED_CREATE_TYPES.contains(&create_type) {
+    for line in &descriptor.bad_lines {
+        found.fail(
+            "descriptor",
+            format_args!("unrecognised descriptor line '{line}'"),
+        );
+    }
+    if descriptor.extents.is_empty() {
+        found.fail("descriptor", "vmdk descriptor has no extents");
+    }
+    let is_self = embedded
+        && descriptor.extents.len() == 1
+        && descriptor.extents[0].kind == "SPARSE"
+        && ALLOWED_CREATE_TYPES.contains(&create_type);
+    for extent in &descriptor.extents {
+        if extent.file.contains('/') {
             found.fail(
                 "descriptor",
-                format_args!(
-                    "vmdk createType '{create_type}' is not allowed (allowed: {})",
-                    ALLOWED_CREATE_TYPES.join(", ")
-                ),
+                format_args!("extent file name '{}' contains '/'", extent.file),
             );
         }
-        for line in &self.bad_lines {
-            found.fail(
-                "descriptor",
-                format_args!("unrecognised descriptor line '{line}'"),
-            );
-        }
-        if self.extents.is_empty() {
-            found.fail("descriptor", "vmdk descriptor has no extents");
-        }
-        let is_self = embedded
-            && self.extents.len() == 1
-            && self.extents[0].kind == "SPARSE"
-            && ALLOWED_CREATE_TYPES.contains(&create_type);
-        for extent in &self.extents {
-            if extent.file.contains('/') {
-                found.fail(
-                    "descriptor",
-                    format_args!("extent file name '{}' contains '/'", extent.file),
-                );
-            }
-            if !is_self {
-                found.references.push(FileReference::new(
-                    ReferenceKind::VmdkExtent,
-                    extent.file.clone(),
-                ));
-            }
-        }
-        if let Some(parent) = &self.parent_hint {
+        if !is_self {
             found.references.push(FileReference::new(
-                ReferenceKind::VmdkParent,
-                parent.clone(),
+                ReferenceKind::VmdkExtent,
+                extent.file.clone(),
             ));
         }
     }
-
-    /// Disk size as qemu computes it from extents: RW extents that are not ZERO.
-    fn extents_size(&self) -> Option<u64> {
-        self.extents
-            .iter()
-            .filter(|e| e.access == "RW" && e.kind != "ZERO")
-            .try_fold(0u64, |sum, e| {
-                sum.checked_add(e.sectors.checked_mul(SECTOR)?)
-            })
+    if let Some(parent) = &descriptor.parent_hint {
+        found.references.push(FileReference::new(
+            ReferenceKind::VmdkParent,
+            parent.clone(),
+        ));
     }
-}
-
-fn parse_extent(line: &str) -> Option<Extent> {
-    let (access, rest) = line.split_once(' ')?;
-    let rest = rest.trim_start();
-    let (sectors, rest) = rest.split_once(' ')?;
-    let rest = rest.trim_start();
-    let (kind, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-    let rest = rest.trim_start();
-    let file = match rest.strip_prefix('"') {
-        Some(quoted) => quoted.split_once('"')?.0,
-        None => rest.split(' ').next().unwrap_or(""),
-    };
-    Some(Extent {
-        access: access.to_owned(),
-        sectors: sectors.parse().ok()?,
-        kind: kind.to_owned(),
-        file: file.to_owned(),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmdk::header::MARKER_FOOTER;
     use crate::probe::probe;
 
     const MONOLITHIC: &str = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
