@@ -121,9 +121,12 @@ pub fn open(
     format: Format,
     options: &OpenOptions,
 ) -> Result<Box<dyn Disk>, DiskError> {
-    let _ = options;
     match format {
         Format::Raw | Format::Iso | Format::Gpt => Ok(Box::new(raw::RawDisk::new(source, format))),
+        Format::Vmdk => Ok(Box::new(crate::vmdk::reader::VmdkDisk::open(
+            source, options,
+        )?)),
+        Format::Vdi => Ok(Box::new(crate::vdi::reader::VdiDisk::open(source, options)?)),
         other => Err(DiskError::unsupported(format!(
             "reading {other} images is not implemented yet"
         ))),
@@ -141,4 +144,41 @@ pub(crate) fn check_range(virtual_size: u64, offset: u64, len: usize) -> Result<
             virtual_size,
         }),
     }
+}
+
+/// Fills `buf` from `source` at `offset`; an image that ends first is corrupt (`structure`
+/// names what was being read).
+pub(crate) fn read_exact_at(
+    source: &dyn ReadAt,
+    format: Format,
+    structure: &'static str,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), DiskError> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .ok_or_else(|| DiskError::corrupt(format, structure, offset, "offset overflows"))?;
+        let n = source
+            .read_at(at, &mut buf[done..])
+            .map_err(|source| DiskError::Reading {
+                structure,
+                offset: at,
+                source,
+            })?;
+        if n == 0 {
+            return Err(DiskError::corrupt(
+                format,
+                structure,
+                offset,
+                format!(
+                    "{} bytes needed, the image ends after {done}",
+                    buf.len()
+                ),
+            ));
+        }
+        done += n;
+    }
+    Ok(())
 }

@@ -2,3 +2,4 @@
 //! static, qemu's layout: block map at 0x200, 1 MiB blocks).
 
 pub(crate) mod header;
+pub(crate) mod reader;

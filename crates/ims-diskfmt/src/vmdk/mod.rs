@@ -4,3 +4,4 @@
 
 pub(crate) mod descriptor;
 pub(crate) mod header;
+pub(crate) mod reader;
