@@ -126,7 +126,9 @@ pub fn open(
         Format::Vmdk => Ok(Box::new(crate::vmdk::reader::VmdkDisk::open(
             source, options,
         )?)),
-        Format::Vdi => Ok(Box::new(crate::vdi::reader::VdiDisk::open(source, options)?)),
+        Format::Vdi => Ok(Box::new(crate::vdi::reader::VdiDisk::open(
+            source, options,
+        )?)),
         other => Err(DiskError::unsupported(format!(
             "reading {other} images is not implemented yet"
         ))),
@@ -172,10 +174,7 @@ pub(crate) fn read_exact_at(
                 format,
                 structure,
                 offset,
-                format!(
-                    "{} bytes needed, the image ends after {done}",
-                    buf.len()
-                ),
+                format!("{} bytes needed, the image ends after {done}", buf.len()),
             ));
         }
         done += n;

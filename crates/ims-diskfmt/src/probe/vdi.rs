@@ -109,8 +109,8 @@ fn check_block_map(src: &Source, offset: u64, blocks: u32) -> Result<(), ProbeEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vdi::header::{BLOCK_SIZE, VERSION_1_1};
     use crate::probe::probe;
+    use crate::vdi::header::{BLOCK_SIZE, VERSION_1_1};
 
     /// qemu layout: header, block map at 0x200 (4 blocks, block 0 allocated), data at 0x400.
     fn image() -> Vec<u8> {

@@ -221,8 +221,8 @@ fn report(descriptor: &Descriptor, found: &mut Probe, embedded: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmdk::header::MARKER_FOOTER;
     use crate::probe::probe;
+    use crate::vmdk::header::MARKER_FOOTER;
 
     const MONOLITHIC: &str = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
         createType=\"monolithicSparse\"\n\n# Extent description\nRW 2048 SPARSE \"disk.vmdk\"\n\n\

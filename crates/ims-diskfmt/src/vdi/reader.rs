@@ -4,8 +4,7 @@
 use zerocopy::FromBytes;
 
 use super::header::{
-    DISCARDED, HeaderRaw, SECTOR, SIGNATURE, SIGNATURE_OFFSET, TYPE_STATIC, UNALLOCATED,
-    uuid_text,
+    DISCARDED, HeaderRaw, SECTOR, SIGNATURE, SIGNATURE_OFFSET, TYPE_STATIC, UNALLOCATED, uuid_text,
 };
 use crate::Format;
 use crate::disk::{
@@ -129,10 +128,7 @@ impl VdiDisk {
             }
             let at = self.bmap_offset + block as u64 * 4;
             match owner.get_mut(entry as usize) {
-                None => problems.push((
-                    at,
-                    format!("block index {block} too large, is {entry}"),
-                )),
+                None => problems.push((at, format!("block index {block} too large, is {entry}"))),
                 Some(first) if *first != UNALLOCATED => problems.push((
                     at,
                     format!("block index {entry} also used by {block} (first by {first})"),

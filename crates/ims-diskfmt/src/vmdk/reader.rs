@@ -100,7 +100,11 @@ impl VmdkDisk {
         let file_len = source.len();
         let mut magic = [0u8; 4];
         if file_len < magic.len() as u64 {
-            return Err(corrupt("header", 0, "the image is shorter than a magic number"));
+            return Err(corrupt(
+                "header",
+                0,
+                "the image is shorter than a magic number",
+            ));
         }
         read_exact_at(&*source, FORMAT, "header", 0, &mut magic)?;
         if magic == COWD_MAGIC {
@@ -139,7 +143,10 @@ impl VmdkDisk {
         }
         let flags = header.flags();
         let over_head = header.over_head.get();
-        if over_head.checked_mul(SECTOR).is_none_or(|end| end > file_len) {
+        if over_head
+            .checked_mul(SECTOR)
+            .is_none_or(|end| end > file_len)
+        {
             return Err(corrupt(
                 "sparse header",
                 64,
@@ -197,7 +204,13 @@ impl VmdkDisk {
             ));
         }
         let mut raw = vec![0u8; entries * 4];
-        read_exact_at(&*self.source, FORMAT, "grain directory", gd_offset, &mut raw)?;
+        read_exact_at(
+            &*self.source,
+            FORMAT,
+            "grain directory",
+            gd_offset,
+            &mut raw,
+        )?;
         let gt_bytes = self.gtes_per_gt * 4;
         self.gd = raw
             .chunks_exact(4)
@@ -314,13 +327,7 @@ impl VmdkDisk {
             }
             let available = self.file_len.saturating_sub(host).min(buf.len() as u64) as usize;
             buf[available..].fill(0);
-            return read_exact_at(
-                &*self.source,
-                FORMAT,
-                "grain",
-                host,
-                &mut buf[..available],
-            );
+            return read_exact_at(&*self.source, FORMAT, "grain", host, &mut buf[..available]);
         }
         read_exact_at(&*self.source, FORMAT, "grain", host, buf)
     }
@@ -537,9 +544,7 @@ impl Disk for VmdkDisk {
     }
 
     fn extent(&self, offset: u64, max_len: u64) -> Result<Extent, DiskError> {
-        let end = offset
-            .saturating_add(max_len)
-            .min(self.virtual_size);
+        let end = offset.saturating_add(max_len).min(self.virtual_size);
         let sectors_per_gt_bytes = self.grain_bytes * self.gtes_per_gt;
         let mut kind = None;
         let mut pos = offset;
@@ -547,7 +552,10 @@ impl Disk for VmdkDisk {
             let grain = pos / self.grain_bytes;
             let gd_index = (grain / self.gtes_per_gt) as usize;
             let (this, next) = if self.gd.get(gd_index) == Some(&0) {
-                (ExtentKind::Zero, (gd_index as u64 + 1) * sectors_per_gt_bytes)
+                (
+                    ExtentKind::Zero,
+                    (gd_index as u64 + 1) * sectors_per_gt_bytes,
+                )
             } else {
                 let this = match self.grain(grain)? {
                     Grain::Unallocated | Grain::Zeroed => ExtentKind::Zero,
@@ -658,7 +666,7 @@ impl Disk for VmdkDisk {
             ..CheckReport::default()
         };
         let mut allocated = 0u64;
-        let mut problem = |report: &mut CheckReport, message: String| {
+        let problem = |report: &mut CheckReport, message: String| {
             report.corruptions += 1;
             if report.messages.len() < MAX_CHECK_MESSAGES {
                 report.messages.push(message);
@@ -717,7 +725,9 @@ impl VmdkDisk {
             _ => Err(corrupt(
                 "grain table",
                 entry_offset,
-                format!("grain data at offset {host} (+{len} bytes) extends past the end of the image"),
+                format!(
+                    "grain data at offset {host} (+{len} bytes) extends past the end of the image"
+                ),
             )),
         }
     }
