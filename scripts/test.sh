@@ -15,7 +15,13 @@
 #   IMS_TEMPEST_CONCURRENCY   tempest workers (default 2; accounts.yaml gets one set per worker)
 #   IMS_TEMPEST_REGEX         tests to run (default '^tempest\.api\.image')
 #   IMS_TEMPEST_PROFILE, IMS_TEMPEST_SET   feature flags, see tests/tempest/profile.ini
-# Stages: deps pg fixtures os-images build cargo-test venv server tempest clients cli
+#   IMS_GARAGE_ROOT   where garage-build installs Garage if it is not on PATH (default ~/.cargo,
+#                     so later runs on the same machine find it in ~/.cargo/bin)
+# Stages: deps garage-build pg fixtures os-images build s3 cargo-test venv server tempest clients
+#         cli.  garage-build starts building Garage (S3 server) in the background when it is
+#         missing (~17 CPU-minutes, cold only) so that it overlaps the fixture stages; s3 waits
+#         for it and starts a private Garage whose IMS_TEST_S3_* the cargo-test and clients
+#         stages get.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,11 +41,12 @@ rm -rf "$STATE"
 mkdir -p "$STATE" "$LOGS"
 export ROOT WORK SHARED VENV IMS_BIN LOGS STATE CONCURRENCY TEMPEST_REGEX
 
-STAGES=(deps pg fixtures os-images build cargo-test venv server tempest clients cli)
+STAGES=(deps garage-build pg fixtures os-images build s3 cargo-test venv server tempest clients cli)
 declare -A NEEDS=(
-  [deps]="" [pg]="deps" [fixtures]="deps" [os-images]="deps" [build]="deps"
-  [cargo-test]="pg fixtures os-images build"
-  [venv]="deps" [server]="build" [tempest]="venv server" [clients]="venv server pg"
+  [deps]="" [garage-build]="deps" [pg]="deps" [fixtures]="deps" [os-images]="deps" [build]="deps"
+  [s3]="garage-build"
+  [cargo-test]="pg s3 fixtures os-images build"
+  [venv]="deps" [server]="build" [tempest]="venv server" [clients]="venv server pg s3"
   [cli]="build"
 )
 declare -A STATUS=() ELAPSED=() NOTE=() SELECTED=()
@@ -61,6 +68,24 @@ as_root() {
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The first of three consecutive free ports (Garage's S3 API, RPC and admin API).
+free_port_run() {
+  python3 -c '
+import random, socket
+for _ in range(200):
+    base = random.randrange(20000, 60000)
+    try:
+        held = []
+        for p in range(base, base + 3):
+            s = socket.socket(); s.bind(("127.0.0.1", p)); held.append(s)
+        print(base); break
+    except OSError:
+        pass
+    finally:
+        for s in held: s.close()
+'
 }
 
 select_stages() {
@@ -121,7 +146,17 @@ stop_pg() {
   "$ROOT/scripts/pg-test-server.sh" stop "$dir" >/dev/null 2>&1 || true
 }
 
-cleanup() { stop_server; stop_pg; }
+stop_garage() {
+  if [[ -f $STATE/garage-build.pid ]]; then
+    kill -- "-$(<"$STATE/garage-build.pid")" 2>/dev/null || true
+    rm -f "$STATE/garage-build.pid"
+  fi
+  [[ -f $STATE/garage.dir ]] || return 0
+  "$ROOT/scripts/garage-test-server.sh" stop "$(<"$STATE/garage.dir")" >/dev/null 2>&1 || true
+  rm -f "$STATE/garage.dir"
+}
+
+cleanup() { stop_server; stop_pg; stop_garage; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -156,6 +191,46 @@ stage_pg() {
   [[ -n $url ]] || { echo "pg-test-server.sh printed no URL" >&2; return 1; }
   log "IMS_TEST_PG_URL=$url"
   export_state IMS_TEST_PG_URL "$url"
+}
+
+# Garage (the S3 server of the s3 stage) is built from crates.io when no garage of the pinned
+# version is on PATH or in $IMS_GARAGE_ROOT/bin. The build runs in its own process group in the
+# background, so it overlaps the fixture stages; the s3 stage waits for it.
+stage_garage_build() {
+  local root="${IMS_GARAGE_ROOT:-$HOME/.cargo}"
+  rm -f "$STATE/garage-build.rc" "$STATE/garage-build.bin"
+  setsid bash -c '"$1" install "$2" >"$3.bin" 2>"$4"; echo $? >"$3.rc"' _ \
+    "$ROOT/scripts/garage-test-server.sh" "$root" "$STATE/garage-build" "$LOGS/garage-build.log" \
+    </dev/null &
+  printf '%s' "$!" >"$STATE/garage-build.pid"
+  log "finding or building garage in the background (log: $LOGS/garage-build.log)"
+}
+
+stage_s3() {
+  local t0=$SECONDS dir="$WORK/garage" port line
+  while [[ ! -f $STATE/garage-build.rc ]]; do
+    [[ -f $STATE/garage-build.pid ]] && kill -0 "$(<"$STATE/garage-build.pid")" 2>/dev/null ||
+      { echo "garage build vanished" >&2; return 1; }
+    sleep 1
+  done
+  rm -f "$STATE/garage-build.pid"
+  [[ $(<"$STATE/garage-build.rc") == 0 ]] || { tail -30 "$LOGS/garage-build.log"; return 1; }
+  export IMS_GARAGE_BIN
+  IMS_GARAGE_BIN=$(tail -1 "$STATE/garage-build.bin")
+  log "$("$IMS_GARAGE_BIN" --version) (waited $((SECONDS - t0)) s for the build)"
+  if grep -q building "$LOGS/garage-build.log"; then note "garage built; "; else note "garage cached; "; fi
+  "$ROOT/scripts/garage-test-server.sh" stop "$dir" >/dev/null 2>&1 || true
+  rm -rf "$dir"
+  port=$(free_port_run)
+  printf '%s' "$dir" >"$STATE/garage.dir"
+  "$ROOT/scripts/garage-test-server.sh" start "$dir" "$port" >"$STATE/garage.out" ||
+    { tail -20 "$dir/server.log" 2>/dev/null; return 1; }
+  while IFS= read -r line; do
+    [[ $line == IMS_TEST_S3_*=* ]] && export_state "${line%%=*}" "${line#*=}"
+  done <"$STATE/garage.out"
+  [[ -n ${IMS_TEST_S3_ENDPOINT:-} ]] || { echo "garage-test-server.sh printed no endpoint" >&2; return 1; }
+  log "IMS_TEST_S3_ENDPOINT=$IMS_TEST_S3_ENDPOINT bucket $IMS_TEST_S3_BUCKET (Garage log: $dir/server.log)"
+  note "$(cat "$STATE/s3.note")endpoint $IMS_TEST_S3_ENDPOINT"
 }
 
 stage_fixtures() {
@@ -343,10 +418,12 @@ stage_cli() {
 select_stages
 T_START=$SECONDS
 run_stage deps stage_deps
+run_stage garage-build stage_garage_build
 run_stage pg stage_pg
 run_stage fixtures stage_fixtures
 run_stage os-images stage_os_images
 run_stage build stage_build
+run_stage s3 stage_s3
 run_stage cargo-test stage_cargo_test
 run_stage venv stage_venv
 run_stage server stage_server
@@ -355,6 +432,7 @@ run_stage clients stage_clients
 run_stage cli stage_cli
 stop_server
 stop_pg
+stop_garage
 
 header "summary"
 rc=0

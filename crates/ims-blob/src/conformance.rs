@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use futures::TryStreamExt;
 
+use crate::s3conf::{S3Connection, Secret};
 use crate::{BlobError, BlobKey, BlobStore};
 
 async fn read_all(
@@ -139,4 +140,29 @@ fn key_validation() {
         assert!(BlobKey::parse(bad).is_err(), "{bad:?} must be refused");
     }
     assert!(BlobKey::parse("images/0b7c/9f-x.y_z").is_ok());
+}
+
+/// The S3 server `scripts/test.sh` starts (Garage: `IMS_TEST_S3_ENDPOINT`, `…_REGION`,
+/// `…_ACCESS_KEY`, `…_SECRET_KEY`, `…_BUCKET`) and its bucket, or `None` when `IMS_SKIP_S3=1`.
+/// Panics when neither is set, so a test run cannot silently skip the S3 suites.
+pub fn s3_test_server() -> Option<(S3Connection, String)> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let Some(endpoint) = var("IMS_TEST_S3_ENDPOINT") else {
+        if var("IMS_SKIP_S3").as_deref() == Some("1") {
+            return None;
+        }
+        panic!(
+            "IMS_TEST_S3_ENDPOINT is not set (scripts/test.sh starts Garage); IMS_SKIP_S3=1 skips"
+        );
+    };
+    let need = |name: &str| var(name).unwrap_or_else(|| panic!("{name} is not set"));
+    let connection = S3Connection {
+        endpoint: Some(endpoint),
+        region: Some(need("IMS_TEST_S3_REGION")),
+        access_key_id: Some(need("IMS_TEST_S3_ACCESS_KEY")),
+        secret_access_key: Some(Secret::new(need("IMS_TEST_S3_SECRET_KEY"))),
+        allow_http: true,
+        ..S3Connection::default()
+    };
+    Some((connection, need("IMS_TEST_S3_BUCKET")))
 }

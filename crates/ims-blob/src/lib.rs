@@ -1,15 +1,19 @@
-//! Image data storage. [`BlobStore`] is the seam: a local directory ([`local::LocalBlobStore`])
-//! and an in-memory fake ([`memory::MemoryBlobStore`]) implement it, [`conformance`] checks
-//! both the same way, and [`hash::StreamHasher`] computes md5 and sha512 in parallel while data
-//! streams through.
+//! Image data storage. [`BlobStore`] is the seam: a local directory ([`local::LocalBlobStore`]),
+//! an S3 bucket ([`s3::S3BlobStore`]) and an in-memory fake ([`memory::MemoryBlobStore`])
+//! implement it, [`conformance`] checks them the same way, and [`hash::StreamHasher`] computes
+//! md5 and sha512 in parallel while data streams through. [`buckets::Buckets`] reads and writes
+//! objects in users' own S3 buckets (image import and export).
 //!
 //! Writes are atomic: nothing is visible under a key until [`BlobWriter::commit`] returns, and a
 //! writer dropped without commit leaves nothing behind.
 
+pub mod buckets;
 pub mod conformance;
 pub mod hash;
 pub mod local;
 pub mod memory;
+pub mod s3;
+pub mod s3conf;
 
 use std::ops::Range;
 use std::pin::Pin;
@@ -62,9 +66,10 @@ pub enum BlobError {
     InvalidKey(String),
     #[error("blob {0} not found")]
     NotFound(BlobKey),
-    #[error("range {start}..{end} is outside blob {key} of {size} bytes")]
+    #[error("range {start}..{end} is outside {key} of {size} bytes")]
     RangeNotSatisfiable {
-        key: BlobKey,
+        /// The blob key, or `bucket:key` of an object in a user's bucket.
+        key: String,
         start: u64,
         end: u64,
         size: u64,
@@ -78,6 +83,53 @@ pub enum BlobError {
     },
     #[error("the blob writer for {0} stopped unexpectedly")]
     WriterGone(BlobKey),
+    #[error("object {key:?} not found in bucket {bucket:?}")]
+    ObjectNotFound { bucket: String, key: String },
+    /// A request to S3 failed (after the client's retries).
+    #[error("{op} {key} on S3 failed: {cause}")]
+    S3 {
+        op: &'static str,
+        key: String,
+        cause: object_store::Error,
+    },
+    #[error(
+        "invalid S3 bucket name {0:?}: 3 to 63 of a-z, 0-9, '.', '-', starting and ending with a letter or digit"
+    )]
+    InvalidBucket(String),
+    #[error(
+        "invalid S3 object key {0:?}: 1 to 1024 bytes, '/'-separated non-empty segments other than '.' and '..'"
+    )]
+    InvalidObjectKey(String),
+    #[error("blob {key} is larger than the {limit} bytes a multipart upload can hold")]
+    TooLarge { key: String, limit: u64 },
+    #[error("blob store configuration: {0}")]
+    Config(String),
+}
+
+impl BlobError {
+    /// The stable kind callers branch on.
+    pub fn kind(&self) -> ims_domain::ErrorKind {
+        use ims_domain::ErrorKind;
+        match self {
+            BlobError::InvalidKey(_)
+            | BlobError::RangeNotSatisfiable { .. }
+            | BlobError::InvalidBucket(_)
+            | BlobError::InvalidObjectKey(_) => ErrorKind::InvalidInput,
+            BlobError::NotFound(_) | BlobError::ObjectNotFound { .. } => ErrorKind::NotFound,
+            BlobError::TooLarge { .. } => ErrorKind::TooLarge,
+            BlobError::S3 { cause, .. } => match cause {
+                object_store::Error::NotFound { .. } => ErrorKind::NotFound,
+                object_store::Error::PermissionDenied { .. } => ErrorKind::Forbidden,
+                object_store::Error::Unauthenticated { .. } => ErrorKind::Unauthorized,
+                object_store::Error::InvalidPath { .. } => ErrorKind::InvalidInput,
+                object_store::Error::Generic { .. } => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+            BlobError::Io { .. } | BlobError::WriterGone(_) | BlobError::Config(_) => {
+                ErrorKind::Internal
+            }
+        }
+    }
 }
 
 pub type BlobResult<T> = Result<T, BlobError>;

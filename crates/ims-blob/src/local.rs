@@ -228,7 +228,7 @@ impl BlobStore for LocalBlobStore {
             let Range { start, end } = range.unwrap_or(0..size);
             if start > end || end > size {
                 return Err(BlobError::RangeNotSatisfiable {
-                    key,
+                    key: key.to_string(),
                     start,
                     end,
                     size,

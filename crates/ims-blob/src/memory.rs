@@ -65,7 +65,7 @@ impl BlobStore for MemoryBlobStore {
         let Range { start, end } = range.unwrap_or(0..size);
         if start > end || end > size {
             return Err(BlobError::RangeNotSatisfiable {
-                key: key.clone(),
+                key: key.to_string(),
                 start,
                 end,
                 size,

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use ims_blob::BlobStore;
+use ims_blob::buckets::Buckets;
 use ims_blob::local::LocalBlobStore;
+use ims_blob::s3::S3BlobStore;
 use ims_meta::MetaStore;
 use ims_meta::metadefs::MetadefStore;
 use ims_meta::sql::SqlStore;
 
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::error::{ServiceError, ServiceResult};
 use crate::identity::IdentityService;
 use crate::images::ImageService;
@@ -23,6 +25,8 @@ pub struct App {
     pub identity: Arc<IdentityService>,
     pub images: Arc<ImageService>,
     pub metadefs: Arc<MetadefService>,
+    /// Users' S3 buckets for image import/export, when `[buckets]` is configured.
+    pub buckets: Option<Arc<Buckets>>,
 }
 
 impl App {
@@ -37,7 +41,14 @@ impl App {
         let sql = Arc::new(SqlStore::connect(&config.database_url()).await?);
         let meta: Arc<dyn MetaStore> = sql.clone();
         let metadefs: Arc<dyn MetadefStore> = sql;
-        let blobs: Arc<dyn BlobStore> = Arc::new(LocalBlobStore::open(config.store_path())?);
+        let blobs: Arc<dyn BlobStore> = match &config.store {
+            StoreConfig::Local { .. } => Arc::new(LocalBlobStore::open(config.store_path())?),
+            StoreConfig::S3(s3) => {
+                let store = S3BlobStore::connect(s3).await?;
+                tracing::info!(bucket = store.bucket(), "image data in S3");
+                Arc::new(store)
+            }
+        };
         Self::with_stores(config, meta, metadefs, blobs).await
     }
 
@@ -58,11 +69,16 @@ impl App {
             config.limits.clone(),
             config.gc.clone(),
         ));
+        let buckets = match &config.buckets {
+            Some(connection) => Some(Arc::new(Buckets::new(connection.clone())?)),
+            None => None,
+        };
         Ok(App {
             config,
             identity,
             images,
             metadefs,
+            buckets,
         })
     }
 

@@ -23,6 +23,11 @@ pub struct Config {
     /// Lifetime of issued tokens in seconds. Env `IMS_TOKEN_TTL_SECS`.
     pub token_ttl_secs: u64,
     pub store: StoreConfig,
+    /// Users' own S3 buckets that images are imported from and exported to (`[buckets]`).
+    /// Unset: import/export from buckets is unavailable. Env `IMS_BUCKETS_S3_ENDPOINT`,
+    /// `…_REGION`, `…_ACCESS_KEY_ID`, `…_SECRET_ACCESS_KEY` (or `…_SECRET_ACCESS_KEY_FILE`),
+    /// `…_ALLOW_HTTP`, `…_UNSIGNED_PAYLOAD`.
+    pub buckets: Option<ims_blob::s3conf::S3Connection>,
     pub limits: Limits,
     pub gc: GcConfig,
 }
@@ -57,6 +62,9 @@ pub enum StoreConfig {
     /// Image data in a local directory. `path` defaults to `<data_dir>/store`.
     /// Env `IMS_STORE_PATH`.
     Local { path: Option<PathBuf> },
+    /// Image data in an S3 bucket (Garage, Ceph RGW, MinIO, AWS): `bucket`, `prefix` and a
+    /// `[store.connection]` table. Env `IMS_STORE_KIND=s3` and `IMS_STORE_S3_*`.
+    S3(ims_blob::s3::S3StoreConfig),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +99,7 @@ impl Default for Config {
             region: "RegionOne".into(),
             token_ttl_secs: 3600,
             store: StoreConfig::Local { path: None },
+            buckets: None,
             limits: Limits::default(),
             gc: GcConfig::default(),
         }
@@ -111,6 +120,8 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    #[error(transparent)]
+    S3Env(ims_blob::s3conf::S3EnvError),
     #[error("environment variable {name}={value:?} is invalid: {reason}")]
     Env {
         name: &'static str,
@@ -133,6 +144,53 @@ where
             value,
             reason: e.to_string(),
         })?;
+    }
+    Ok(())
+}
+
+/// `IMS_STORE_KIND` (`local` or `s3`), then `IMS_STORE_S3_*` for an S3 store, and
+/// `IMS_BUCKETS_S3_*` for user buckets.
+fn apply_store_env(
+    config: &mut Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match env("IMS_STORE_KIND").as_deref() {
+        None => {}
+        Some("local") => {
+            if !matches!(config.store, StoreConfig::Local { .. }) {
+                config.store = StoreConfig::Local { path: None };
+            }
+        }
+        Some("s3") => {
+            if !matches!(config.store, StoreConfig::S3(_)) {
+                config.store = StoreConfig::S3(Default::default());
+            }
+        }
+        Some(other) => {
+            return Err(ConfigError::Env {
+                name: "IMS_STORE_KIND",
+                value: other.to_string(),
+                reason: "expected local or s3".into(),
+            });
+        }
+    }
+    if let StoreConfig::S3(s3) = &mut config.store {
+        if let Some(bucket) = env("IMS_STORE_S3_BUCKET") {
+            s3.bucket = bucket;
+        }
+        if let Some(prefix) = env("IMS_STORE_S3_PREFIX") {
+            s3.prefix = prefix;
+        }
+        s3.connection
+            .apply_env("IMS_STORE_S3_", env)
+            .map_err(ConfigError::S3Env)?;
+    }
+    let mut buckets = config.buckets.take().unwrap_or_default();
+    let set = buckets
+        .apply_env("IMS_BUCKETS_S3_", env)
+        .map_err(ConfigError::S3Env)?;
+    if set || config.buckets.is_some() {
+        config.buckets = Some(buckets);
     }
     Ok(())
 }
@@ -181,6 +239,7 @@ impl Config {
                 path: Some(PathBuf::from(path)),
             };
         }
+        apply_store_env(&mut config, env)?;
         env_parse(env, "IMS_IMAGE_SIZE_CAP", &mut config.limits.image_size_cap)?;
         if let Some(value) = env("IMS_IMAGE_SIZE_TOTAL") {
             let total = value
@@ -224,11 +283,12 @@ impl Config {
         })
     }
 
+    /// The local store's directory (`<data_dir>/store` unless configured); for an S3 store,
+    /// where a local store would be.
     pub fn store_path(&self) -> PathBuf {
         match &self.store {
-            StoreConfig::Local { path } => {
-                path.clone().unwrap_or_else(|| self.data_dir.join("store"))
-            }
+            StoreConfig::Local { path: Some(path) } => path.clone(),
+            StoreConfig::Local { path: None } | StoreConfig::S3(_) => self.data_dir.join("store"),
         }
     }
 }
@@ -275,5 +335,63 @@ mod tests {
         let env = |k: &str| (k == "IMS_LISTEN").then(|| "nope".to_string());
         let err = Config::load_with(None, &env).unwrap_err();
         assert!(err.to_string().contains("IMS_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn s3_store_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ims.toml");
+        std::fs::write(
+            &path,
+            "[store]\nkind = \"s3\"\nbucket = \"images\"\n[store.connection]\nendpoint = \"http://127.0.0.1:3900\"\nallow_http = true\nsecret_access_key_file = \"/etc/ims/s3\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "IMS_STORE_S3_ACCESS_KEY_ID" => Some("GK1".to_string()),
+            "IMS_STORE_S3_SECRET_ACCESS_KEY" => Some("very-secret".to_string()),
+            "IMS_STORE_S3_PREFIX" => Some("ims/".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with(Some(&path), &env).unwrap();
+        let StoreConfig::S3(s3) = &c.store else {
+            panic!("expected an S3 store: {:?}", c.store)
+        };
+        assert_eq!(s3.bucket, "images");
+        assert_eq!(s3.prefix, "ims/");
+        assert_eq!(
+            s3.connection.endpoint.as_deref(),
+            Some("http://127.0.0.1:3900")
+        );
+        assert!(s3.connection.allow_http);
+        assert_eq!(s3.connection.access_key_id.as_deref(), Some("GK1"));
+        assert!(
+            !format!("{c:?}").contains("very-secret"),
+            "Debug hides the secret"
+        );
+        assert!(c.buckets.is_none());
+
+        std::fs::write(
+            &path,
+            "[store]\nkind = \"s3\"\nbucket = \"b\"\nendpont = \"x\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            Config::load_with(Some(&path), &|_| None),
+            Err(ConfigError::Parsing { .. })
+        ));
+        let env = |k: &str| match k {
+            "IMS_STORE_KIND" => Some("s3".to_string()),
+            "IMS_STORE_S3_BUCKET" => Some("b2".to_string()),
+            "IMS_BUCKETS_S3_ENDPOINT" => Some("http://127.0.0.1:3900".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with(None, &env).unwrap();
+        assert!(matches!(&c.store, StoreConfig::S3(s3) if s3.bucket == "b2"));
+        assert_eq!(
+            c.buckets.unwrap().endpoint.as_deref(),
+            Some("http://127.0.0.1:3900")
+        );
+        let env = |k: &str| (k == "IMS_STORE_KIND").then(|| "nfs".to_string());
+        assert!(Config::load_with(None, &env).is_err());
     }
 }
