@@ -8,6 +8,9 @@
 
 pub mod disk;
 pub mod probe;
+mod qcow;
+mod qcow2;
+mod qed;
 mod vdi;
 mod vmdk;
 pub mod write;

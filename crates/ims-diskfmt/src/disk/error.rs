@@ -15,6 +15,14 @@ pub enum DiskError {
         #[source]
         source: io::Error,
     },
+    /// The output sink failed while a writer stored a structure.
+    #[error("writing {structure} at offset {offset}")]
+    Writing {
+        structure: &'static str,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
     /// A structure is malformed, points outside the image, or breaks a documented invariant.
     #[error("{format} {structure} at offset {offset}: {reason}")]
     Corrupt {
@@ -60,7 +68,7 @@ pub enum DiskErrorKind {
 impl DiskError {
     pub fn kind(&self) -> DiskErrorKind {
         match self {
-            DiskError::Reading { .. } => DiskErrorKind::Io,
+            DiskError::Reading { .. } | DiskError::Writing { .. } => DiskErrorKind::Io,
             DiskError::Corrupt { .. } => DiskErrorKind::Corrupt,
             DiskError::TooLarge { .. } => DiskErrorKind::TooLarge,
             DiskError::Reference { .. } => DiskErrorKind::Reference,

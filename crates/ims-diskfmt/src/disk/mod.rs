@@ -129,6 +129,9 @@ pub fn open(
         Format::Vdi => Ok(Box::new(crate::vdi::reader::VdiDisk::open(
             source, options,
         )?)),
+        Format::Qcow2 => Ok(Box::new(crate::qcow2::Qcow2Disk::open(source, options)?)),
+        Format::Qcow => Ok(Box::new(crate::qcow::QcowDisk::open(source, options)?)),
+        Format::Qed => Ok(Box::new(crate::qed::QedDisk::open(source, options)?)),
         other => Err(DiskError::unsupported(format!(
             "reading {other} images is not implemented yet"
         ))),

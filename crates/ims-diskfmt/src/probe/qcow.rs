@@ -1,36 +1,10 @@
 //! qcow version 1 header inspection (shares qcow2's magic; version field 1).
 
-use zerocopy::byteorder::{BigEndian, U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
-
 use super::source::{Source, lossy_name};
 use super::{Detection, FileReference, Probe, ProbeError, ReferenceKind};
 use crate::Format;
 
-/// qemu's accepted cluster_bits / l2_bits ranges for qcow v1.
-const CLUSTER_BITS: std::ops::RangeInclusive<u8> = 9..=16;
-const L2_BITS: std::ops::RangeInclusive<u8> = 6..=13;
-/// qemu refuses longer backing file names.
-const MAX_BACKING_NAME: u32 = 1023;
-/// Same L1 bound as qcow2: tables above 32 MiB are refused.
-const MAX_L1_BYTES: u64 = 32 << 20;
-
-/// The 48-byte header (big-endian).
-#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-struct HeaderRaw {
-    magic: [u8; 4],
-    version: U32<BigEndian>,
-    backing_file_offset: U64<BigEndian>,
-    backing_file_size: U32<BigEndian>,
-    mtime: U32<BigEndian>,
-    size: U64<BigEndian>,
-    cluster_bits: u8,
-    l2_bits: u8,
-    padding: U16<BigEndian>,
-    crypt_method: U32<BigEndian>,
-    l1_table_offset: U64<BigEndian>,
-}
+use crate::qcow::header::{CLUSTER_BITS, HeaderRaw, L2_BITS, MAX_BACKING_NAME, MAX_L1_BYTES};
 
 fn invalid(structure: &'static str, offset: u64, reason: impl Into<String>) -> ProbeError {
     ProbeError::invalid(Format::Qcow, structure, offset, reason)

@@ -1,70 +1,17 @@
 //! qcow2 (versions 2 and 3) header inspection; version 1 is dispatched to `qcow`.
 
-use zerocopy::byteorder::{BigEndian, U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
-
 use super::source::{Source, lossy_name, parse_prefix, slice};
 use super::{Detection, FileReference, Probe, ProbeError, ReferenceKind};
 use crate::Format;
 
-pub(crate) const MAGIC: [u8; 4] = *b"QFI\xfb";
-/// qemu's cluster size range: 512 B ..= 2 MiB.
-const MIN_CLUSTER_BITS: u32 = 9;
-const MAX_CLUSTER_BITS: u32 = 21;
-/// Extended L2 needs 32 subclusters of at least 512 bytes.
-const MIN_CLUSTER_BITS_EXTENDED_L2: u32 = 14;
-/// qemu refuses longer backing file names ("Backing file name too long").
-const MAX_BACKING_NAME: u32 = 1023;
-/// qemu: "Active L1 table too large" above 32 MiB.
-const MAX_L1_BYTES: u64 = 32 << 20;
-/// qemu limits the refcount table to 8 MiB.
-const MAX_REFCOUNT_TABLE_BYTES: u64 = 8 << 20;
-/// qemu's QCOW_MAX_SNAPSHOTS.
-const MAX_SNAPSHOTS: u32 = 65536;
-/// v2 header length; v3 headers are at least 104 bytes.
-const V2_HEADER_LEN: u32 = 72;
-const V3_MIN_HEADER_LEN: u32 = 104;
-
-const INCOMPAT_DIRTY: u64 = 1 << 0;
-const INCOMPAT_CORRUPT: u64 = 1 << 1;
-const INCOMPAT_DATA_FILE: u64 = 1 << 2;
-const INCOMPAT_COMPRESSION: u64 = 1 << 3;
-const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
-const INCOMPAT_KNOWN: u64 = (1 << 5) - 1;
-const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
-
-/// L1 and standard L2 entries: bits 9..55 hold the offset.
-const TABLE_OFFSET_MASK: u64 = 0x00FF_FFFF_FFFF_FE00;
-const L2_COMPRESSED: u64 = 1 << 62;
-
-const EXT_END: u32 = 0;
-const EXT_DATA_FILE: u32 = 0x4441_5441;
-
-/// The on-disk header (big-endian), v3 layout; v2 headers stop at byte 72.
-#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-struct HeaderRaw {
-    magic: [u8; 4],
-    version: U32<BigEndian>,
-    backing_file_offset: U64<BigEndian>,
-    backing_file_size: U32<BigEndian>,
-    cluster_bits: U32<BigEndian>,
-    size: U64<BigEndian>,
-    crypt_method: U32<BigEndian>,
-    l1_size: U32<BigEndian>,
-    l1_table_offset: U64<BigEndian>,
-    refcount_table_offset: U64<BigEndian>,
-    refcount_table_clusters: U32<BigEndian>,
-    nb_snapshots: U32<BigEndian>,
-    snapshots_offset: U64<BigEndian>,
-    incompatible_features: U64<BigEndian>,
-    compatible_features: U64<BigEndian>,
-    autoclear_features: U64<BigEndian>,
-    refcount_order: U32<BigEndian>,
-    header_length: U32<BigEndian>,
-    compression_type: u8,
-    padding: [u8; 7],
-}
+pub(crate) use crate::qcow2::header::MAGIC;
+use crate::qcow2::header::{
+    COMPAT_LAZY_REFCOUNTS, EXT_DATA_FILE, EXT_END, HeaderRaw, INCOMPAT_COMPRESSION,
+    INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTENDED_L2, INCOMPAT_KNOWN,
+    L2_COMPRESSED, MAX_BACKING_NAME, MAX_CLUSTER_BITS, MAX_L1_BYTES, MAX_REFCOUNT_TABLE_BYTES,
+    MAX_SNAPSHOTS, MIN_CLUSTER_BITS, MIN_CLUSTER_BITS_EXTENDED_L2, TABLE_OFFSET_MASK,
+    V2_HEADER_LEN, V3_MIN_HEADER_LEN,
+};
 
 pub(crate) fn detect(src: &Source) -> Detection {
     let Some(head) = src.read_if_present("qcow2 magic and version", 0, 8)? else {

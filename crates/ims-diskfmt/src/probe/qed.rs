@@ -1,38 +1,13 @@
 //! QED header inspection. QED is banned for uploads (like Glance), but still identified.
 
-use zerocopy::byteorder::{LittleEndian, U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
-
 use super::source::{Source, lossy_name};
 use super::{Detection, FileReference, Probe, ProbeError, ReferenceKind};
 use crate::Format;
 
-const MAGIC: [u8; 4] = *b"QED\0";
-/// Spec limits: cluster size a power of 2 in 4 KiB ..= 64 MiB, table size 1 ..= 16 clusters.
-const MIN_CLUSTER_SIZE: u32 = 4 << 10;
-const MAX_CLUSTER_SIZE: u32 = 64 << 20;
-const MAX_TABLE_SIZE: u32 = 16;
-/// Same bound on backing names as the other formats.
-const MAX_BACKING_NAME: u32 = 1023;
-const FEATURE_BACKING_FILE: u64 = 0x01;
-const FEATURES_KNOWN: u64 = 0x07;
-
-/// The 64-byte header (little-endian).
-#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-struct HeaderRaw {
-    magic: [u8; 4],
-    cluster_size: U32<LittleEndian>,
-    table_size: U32<LittleEndian>,
-    header_size: U32<LittleEndian>,
-    features: U64<LittleEndian>,
-    compat_features: U64<LittleEndian>,
-    autoclear_features: U64<LittleEndian>,
-    l1_table_offset: U64<LittleEndian>,
-    image_size: U64<LittleEndian>,
-    backing_filename_offset: U32<LittleEndian>,
-    backing_filename_size: U32<LittleEndian>,
-}
+use crate::qed::header::{
+    FEATURE_BACKING_FILE, FEATURES_KNOWN, HeaderRaw, MAGIC, MAX_BACKING_NAME, MAX_CLUSTER_SIZE,
+    MAX_TABLE_SIZE, MIN_CLUSTER_SIZE, max_image_size,
+};
 
 fn invalid(structure: &'static str, offset: u64, reason: impl Into<String>) -> ProbeError {
     ProbeError::invalid(Format::Qed, structure, offset, reason)
@@ -74,10 +49,7 @@ pub(crate) fn detect(src: &Source) -> Detection {
     }
     let cluster_size = u64::from(cluster_size);
     let table_bytes = u64::from(table_size) * cluster_size;
-    let entries_per_table = table_bytes / 8;
-    let max_image_size = entries_per_table
-        .checked_mul(entries_per_table)
-        .and_then(|n| n.checked_mul(cluster_size));
+    let max_image_size = max_image_size(cluster_size, u64::from(table_size));
     let image_size = raw.image_size.get();
     if !image_size.is_multiple_of(512) || max_image_size.is_some_and(|max| image_size > max) {
         return Err(invalid(

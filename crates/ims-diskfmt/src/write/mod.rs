@@ -9,6 +9,7 @@
 //!
 //! Format writers live in one module each and are reached through [`create`].
 
+pub(crate) mod qemu_options;
 mod sink;
 
 use std::collections::BTreeMap;
@@ -64,8 +65,12 @@ pub fn create(
     virtual_size: u64,
     options: &CreateOptions,
 ) -> Result<Box<dyn DiskWriter>, DiskError> {
-    let _ = (sink, virtual_size, options);
-    Err(DiskError::Unsupported {
-        what: format!("writing {format} images is not implemented yet"),
-    })
+    match format {
+        Format::Qcow2 => crate::qcow2::create(sink, virtual_size, options),
+        Format::Qcow => crate::qcow::create(sink, virtual_size, options),
+        Format::Qed => crate::qed::create(sink, virtual_size, options),
+        _ => Err(DiskError::Unsupported {
+            what: format!("writing {format} images is not implemented yet"),
+        }),
+    }
 }
