@@ -39,9 +39,13 @@ pub const MAX_PARTS: usize = 10_000;
 /// Bytes of finished parts being sent at once; when more would be in flight, `write` waits.
 /// With the base part size this is four parts in parallel, enough to fill a fast link.
 pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
-/// An upload still running rewrites its marker this often, so a collector on another node
-/// (which only sweeps markers older than its minimum age, minutes) never aborts it.
-const MARKER_REFRESH: Duration = Duration::from_secs(60);
+/// An upload still running rewrites its marker this often (while data arrives)...
+const MARKER_REFRESH: Duration = Duration::from_secs(30);
+/// ...so a marker untouched for this long belongs to a writer that died or stalled. The sweep
+/// never aborts younger uploads, whatever age it is asked for: another node's collector must not
+/// abort an upload that is still running (a stalled client is cut off by the upload heartbeat
+/// long before this matters).
+pub const MARKER_STALE_AFTER: Duration = Duration::from_secs(120);
 
 /// The size of part number `index` (0-based).
 fn part_size(index: usize) -> usize {
@@ -84,6 +88,8 @@ pub struct S3BlobStore {
     bucket: String,
     /// `""` or a prefix ending in `/`.
     prefix: String,
+    /// [`MARKER_STALE_AFTER`]; shorter in tests.
+    marker_stale_after: Duration,
 }
 
 impl S3BlobStore {
@@ -110,6 +116,7 @@ impl S3BlobStore {
             client: config.connection.client(&config.bucket)?,
             bucket: config.bucket.clone(),
             prefix,
+            marker_stale_after: MARKER_STALE_AFTER,
         };
         let probe = Path::from(format!("{}blobs", store.prefix));
         store
@@ -296,6 +303,7 @@ impl BlobStore for S3BlobStore {
             .try_collect()
             .await
             .map_err(s3_err("listing", &prefix))?;
+        let older_than = older_than.max(self.marker_stale_after);
         let now = SystemTime::now();
         let mut swept = 0;
         for marker in markers {
@@ -540,7 +548,9 @@ mod tests {
             prefix: format!("test-{}", uuid::Uuid::new_v4()),
             connection,
         };
-        Some(S3BlobStore::connect(&config).await.unwrap())
+        let mut store = S3BlobStore::connect(&config).await.unwrap();
+        store.marker_stale_after = Duration::ZERO;
+        Some(store)
     }
 
     #[tokio::test]
@@ -606,6 +616,20 @@ mod tests {
             0,
             "no markers left"
         );
+    }
+
+    #[tokio::test]
+    async fn sweep_never_aborts_a_live_upload() {
+        let Some(mut store) = test_store().await else {
+            return;
+        };
+        store.marker_stale_after = MARKER_STALE_AFTER;
+        let key = BlobKey::parse("images/live/one").unwrap();
+        let mut w = store.create(&key).await.unwrap();
+        w.write(Bytes::from_static(b"in progress")).await.unwrap();
+        assert_eq!(store.sweep_incomplete(Duration::ZERO).await.unwrap(), 0);
+        assert_eq!(w.commit().await.unwrap(), 11);
+        store.delete(&key).await.unwrap();
     }
 
     #[tokio::test]
