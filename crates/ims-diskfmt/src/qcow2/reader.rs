@@ -191,3 +191,159 @@ fn kind_of(mapping: Mapping) -> ExtentKind {
         _ => ExtentKind::Data,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::disk::DiskErrorKind;
+
+    const CS: usize = 0x10000;
+
+    fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// A v3 image with 64 KiB clusters and a 256 KiB disk, laid out by hand:
+    /// cluster 0 header, 1 L1 table, 2 L2 table, 3 data (0xAA), 4 a compressed cluster (0x55).
+    /// Guest cluster 0 = data, 1 = zero flag, 2 = compressed, 3 = unallocated.
+    fn image() -> Vec<u8> {
+        let mut b = vec![0u8; 5 * CS];
+        put(&mut b, 0, &MAGIC);
+        put(&mut b, 4, &3u32.to_be_bytes()); // version
+        put(&mut b, 20, &16u32.to_be_bytes()); // cluster_bits
+        put(&mut b, 24, &0x40000u64.to_be_bytes()); // size: 4 clusters
+        put(&mut b, 36, &1u32.to_be_bytes()); // l1_size
+        put(&mut b, 40, &0x10000u64.to_be_bytes()); // l1_table_offset
+        put(&mut b, 48, &0x50000u64.to_be_bytes()); // refcount_table_offset
+        put(&mut b, 56, &1u32.to_be_bytes()); // refcount_table_clusters
+        put(&mut b, 96, &4u32.to_be_bytes()); // refcount_order: 16 bits
+        put(&mut b, 100, &112u32.to_be_bytes()); // header_length
+        put(&mut b, 0x10000, &(0x20000 | ENTRY_COPIED).to_be_bytes()); // L1[0]
+        put(&mut b, 0x20000, &(0x30000 | ENTRY_COPIED).to_be_bytes()); // L2[0]: data
+        put(&mut b, 0x20008, &L2_ZERO.to_be_bytes()); // L2[1]: zero flag
+        let packed = codec::compress(super::super::Compression::Zlib, &[0x55; CS], CS).unwrap();
+        put(&mut b, 0x40000, &packed);
+        let entry = CompressedDescriptor::encode(0x40000, packed.len() as u64, 16).unwrap();
+        put(&mut b, 0x20010, &entry.to_be_bytes()); // L2[2]: compressed
+        b[0x30000..0x40000].fill(0xAA);
+        b
+    }
+
+    fn open_bytes(b: Vec<u8>, lenient: bool) -> Result<Qcow2Disk, DiskError> {
+        Qcow2Disk::open(Arc::new(b), &OpenOptions { lenient })
+    }
+
+    #[test]
+    fn hand_made_image_reads_data_zero_and_compressed_clusters() {
+        let disk = open_bytes(image(), false).unwrap();
+        let mut all = vec![1u8; 4 * CS];
+        disk.read_at(0, &mut all).unwrap();
+        assert!(all[..CS].iter().all(|&b| b == 0xAA));
+        assert!(all[CS..2 * CS].iter().all(|&b| b == 0));
+        assert!(all[2 * CS..3 * CS].iter().all(|&b| b == 0x55));
+        assert!(all[3 * CS..].iter().all(|&b| b == 0));
+        let kinds: Vec<_> = (0..4)
+            .map(|c| disk.extent(c * CS as u64, CS as u64).unwrap().kind)
+            .collect();
+        use ExtentKind::{Data, Zero};
+        assert_eq!(kinds, [Data, Zero, Data, Zero]);
+        // Zero and unallocated clusters merge only with their own kind.
+        assert_eq!(
+            disk.extent(CS as u64, 3 * CS as u64).unwrap().length,
+            CS as u64
+        );
+        // A read inside the compressed cluster.
+        let mut piece = [0u8; 3];
+        disk.read_at(2 * CS as u64 + 100, &mut piece).unwrap();
+        assert_eq!(piece, [0x55; 3]);
+        let info = disk.info();
+        assert_eq!(info.subformat.as_deref(), Some("1.1"));
+        assert!(
+            info.details
+                .contains(&("refcount-bits".into(), "16".into()))
+        );
+    }
+
+    #[test]
+    fn references_encryption_and_unknown_bits_are_refused() {
+        let mut b = image();
+        put(&mut b, 8, &0x200u64.to_be_bytes()); // backing_file_offset
+        put(&mut b, 16, &4u32.to_be_bytes()); // backing_file_size
+        put(&mut b, 0x200, b"base");
+        let err = open_bytes(b, false).err().unwrap();
+        assert_eq!(err.kind(), DiskErrorKind::Reference);
+        assert!(err.to_string().contains("base"));
+
+        let mut b = image();
+        put(&mut b, 32, &2u32.to_be_bytes()); // crypt_method LUKS
+        let err = open_bytes(b, false).err().unwrap();
+        assert_eq!(err.kind(), DiskErrorKind::Unsupported);
+        assert!(err.to_string().contains("LUKS"));
+
+        let mut b = image();
+        put(&mut b, 72, &(1u64 << 40).to_be_bytes()); // unknown incompatible bit
+        assert_eq!(
+            open_bytes(b, false).err().unwrap().kind(),
+            DiskErrorKind::Unsupported
+        );
+    }
+
+    #[test]
+    fn corrupt_mappings_name_the_table_and_offset() {
+        let mut b = image();
+        put(&mut b, 0x20000, &(0x30200 | ENTRY_COPIED).to_be_bytes()); // unaligned data
+        let disk = open_bytes(b, false).unwrap();
+        let err = disk.read_at(0, &mut [0u8; 16]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DiskError::Corrupt {
+                    structure: "L2 table",
+                    offset: 0x20000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let mut b = image();
+        put(&mut b, 40, &(1u64 << 40).to_be_bytes()); // L1 past the end
+        assert_eq!(
+            open_bytes(b.clone(), false).err().unwrap().kind(),
+            DiskErrorKind::Corrupt
+        );
+        // qemu's behaviour on request: the missing metadata reads as zeros.
+        let disk = open_bytes(b, true).unwrap();
+        let mut buf = [1u8; 16];
+        disk.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, [0; 16]);
+
+        let mut b = image();
+        b[0x40000..0x40010].fill(0xFF); // garbage compressed stream
+        let disk = open_bytes(b, false).unwrap();
+        let err = disk.read_at(2 * CS as u64, &mut [0u8; 16]).unwrap_err();
+        assert_eq!(err.kind(), DiskErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn extended_l2_subclusters_map_separately() {
+        let mut b = image();
+        put(&mut b, 72, &INCOMPAT_EXTENDED_L2.to_be_bytes());
+        b[0x20000..0x30000].fill(0);
+        // Entry 0 (16 bytes): host cluster 3; subclusters 0..15 allocated, 16..31 zero.
+        put(&mut b, 0x20000, &(0x30000 | ENTRY_COPIED).to_be_bytes());
+        put(&mut b, 0x20008, &0xFFFF_0000_0000_FFFFu64.to_be_bytes());
+        let disk = open_bytes(b, false).unwrap();
+        let first = disk.extent(0, CS as u64).unwrap();
+        assert_eq!(
+            (first.kind, first.length),
+            (ExtentKind::Data, CS as u64 / 2)
+        );
+        let mut buf = vec![1u8; CS];
+        disk.read_at(0, &mut buf).unwrap();
+        assert!(buf[..CS / 2].iter().all(|&b| b == 0xAA));
+        assert!(buf[CS / 2..].iter().all(|&b| b == 0));
+    }
+}
