@@ -18,8 +18,8 @@
 #   IMS_GARAGE_ROOT   where garage-build installs Garage if it is not on PATH (default ~/.cargo,
 #                     so later runs on the same machine find it in ~/.cargo/bin)
 # Stages: deps garage-build pg fixtures os-images build s3 cargo-test venv server tempest clients
-#         cli.  garage-build starts building Garage (S3 server) in the background when it is
-#         missing (~17 CPU-minutes, cold only) so that it overlaps the fixture stages; s3 waits
+#         ims-sdk cli.  garage-build starts building Garage (S3 server) in the background when it
+#         is missing (~17 CPU-minutes, cold only) so that it overlaps the fixture stages; s3 waits
 #         for it and starts a private Garage whose IMS_TEST_S3_* the cargo-test and clients
 #         stages get.
 set -euo pipefail
@@ -41,12 +41,13 @@ rm -rf "$STATE"
 mkdir -p "$STATE" "$LOGS"
 export ROOT WORK SHARED VENV IMS_BIN LOGS STATE CONCURRENCY TEMPEST_REGEX
 
-STAGES=(deps garage-build pg fixtures os-images build s3 cargo-test venv server tempest clients cli)
+STAGES=(deps garage-build pg fixtures os-images build s3 cargo-test venv server tempest clients ims-sdk cli)
 declare -A NEEDS=(
   [deps]="" [garage-build]="deps" [pg]="deps" [fixtures]="deps" [os-images]="deps" [build]="deps"
   [s3]="garage-build"
   [cargo-test]="pg s3 fixtures os-images build"
   [venv]="deps" [server]="build" [tempest]="venv server" [clients]="venv server pg s3"
+  [ims-sdk]="venv build"
   [cli]="build"
 )
 declare -A STATUS=() ELAPSED=() NOTE=() SELECTED=()
@@ -401,6 +402,18 @@ stage_clients() {
     --basetemp="$WORK/clients-tmp" "$ROOT/tests/clients"
 }
 
+# Huawei Cloud's IMS SDK (huaweicloudsdkims, pinned) against its own fresh `ims serve`
+# (tests/ims_sdk/conftest.py starts it, with three projects and AK/SK keys): all 51 operations.
+IMS_SDK_VERSION=3.1.219
+stage_ims_sdk() {
+  export PATH="$VENV/bin:$PATH"
+  if ! python -c "import huaweicloudsdkims, sys; from importlib.metadata import version; sys.exit(version('huaweicloudsdkims') != '$IMS_SDK_VERSION')" 2>/dev/null; then
+    pip install --disable-pip-version-check -q "huaweicloudsdkims==$IMS_SDK_VERSION" "huaweicloudsdkcore==$IMS_SDK_VERSION"
+  fi
+  IMS_BIN="$IMS_BIN" IMS_SDK_SUMMARY="$STATE/ims-sdk.note" python -m pytest -v -p no:cacheprovider -p no:warnings \
+    --junitxml="$WORK/ims-sdk-junit.xml" --basetemp="$WORK/ims-sdk-tmp" "$ROOT/tests/ims_sdk"
+}
+
 stage_cli() {
   shopt -s nullglob
   local scripts=("$ROOT"/tests/cli/*.sh) s failed=0
@@ -429,6 +442,7 @@ run_stage venv stage_venv
 run_stage server stage_server
 run_stage tempest stage_tempest
 run_stage clients stage_clients
+run_stage ims-sdk stage_ims_sdk
 run_stage cli stage_cli
 stop_server
 stop_pg

@@ -27,6 +27,14 @@ pub fn router() -> Router<SharedState> {
             "/v3/auth/tokens",
             get(validate).head(validate).post(issue).delete(revoke),
         )
+        .route(
+            "/v3.0/OS-CREDENTIAL/credentials",
+            get(crate::access_keys::list).post(crate::access_keys::create),
+        )
+        .route(
+            "/v3.0/OS-CREDENTIAL/credentials/{access_key}",
+            axum::routing::delete(crate::access_keys::delete),
+        )
 }
 
 fn version(public_url: &str) -> Value {

@@ -69,7 +69,12 @@ pub async fn create(
         .iter()
         .map(|(k, v)| (k.clone(), attr_value(v)))
         .collect();
-    let image = state.app.images.create(&caller, &attrs).await?;
+    let mut image = state.app.images.create(&caller, &attrs).await?;
+    // Huawei's Glance dialect (`glance_create_image_metadata`): an image declaring
+    // `__os_version` gets the IMS attributes that follow from it.
+    if map.contains_key("__os_version") {
+        image = state.app.cloud_images.complete_glance_image(&image).await?;
+    }
     let location = format!("{}/v2/images/{}", state.public_url, image.id);
     let mut response = (StatusCode::CREATED, Json(image_json(&image))).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -100,7 +105,7 @@ fn pointer_attr(path: &str) -> ApiResult<String> {
     Ok(rest.replace("~1", "/").replace("~0", "~"))
 }
 
-fn parse_patch(doc: Value, dialect: PatchDialect) -> ApiResult<Vec<PatchOp>> {
+pub(crate) fn parse_patch(doc: Value, dialect: PatchDialect) -> ApiResult<Vec<PatchOp>> {
     let Value::Array(items) = doc else {
         return Err(ApiError::invalid(
             "Request body must be a JSON array of operation objects.",

@@ -1,11 +1,14 @@
 //! The HTTP face of `ims`: the OpenStack Image API v2 under `/v2` (with Glance 33's semantics,
-//! status codes and error bodies) and a Keystone v3 subset under `/identity`. Handlers parse
+//! status codes and error bodies), the Huawei Cloud IMS API (`/v1`, `/v2/cloudimages`, `/v2.1`,
+//! module `ims`) over the same images, and a Keystone v3 subset under `/identity`. Handlers parse
 //! into typed input, call an `ims-core` service and map the result; nothing here touches a store.
 
+mod access_keys;
 mod body;
 mod error;
 mod identity;
 mod images;
+mod ims;
 mod json;
 mod list;
 mod members;
@@ -35,6 +38,8 @@ pub fn router(app: Arc<App>) -> Router {
     let public_url = app.config.public_url();
     let state: SharedState = Arc::new(ApiState { app, public_url });
     let v2 = Router::new()
+        // `show_version` (`GET /{version}`): the versions document with 300, as at the root.
+        .route("/", get(versions::root))
         .route("/images", get(images::list).post(images::create))
         .route("/images/", get(images::empty_id).delete(images::empty_id))
         .route(
@@ -68,17 +73,23 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/info/import", get(versions::info_import))
         .route("/info/stores", get(versions::info_stores))
         .route("/info/usage", get(images::usage))
-        .nest("/metadefs", metadefs::router())
-        .fallback(versions::v2_not_found);
+        .nest("/metadefs", metadefs::router());
+    let v2 = ims::v2_routes(v2).fallback(versions::v2_not_found);
     Router::new()
         .route("/", get(versions::root))
         .route("/versions", get(versions::versions))
         .route("/healthcheck", get(versions::healthcheck))
         .nest("/v2", v2)
+        .nest("/v1", ims::v1_router())
+        .nest("/v2.1", ims::v21_router())
         .nest("/identity", identity::router())
         .fallback(versions::unknown_version)
         .layer(axum::middleware::from_fn(
             middleware::reject_unexpected_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::sdk_signature,
         ))
         .layer(axum::middleware::from_fn(middleware::request_id))
         .with_state(state)

@@ -101,8 +101,31 @@ enum AdminCommand {
     /// Role assignments (admin, member, reader).
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Access keys (AK/SK) for the IMS API; the secret is printed once, at creation.
+    #[command(subcommand)]
+    AccessKey(AccessKeyCommand),
     /// Remove orphaned blobs and reset dead uploads now.
     Gc,
+}
+
+#[derive(Subcommand, Debug)]
+enum AccessKeyCommand {
+    /// Creates a key for a user; prints `AK<TAB>SK` (the SK is not stored in clear).
+    Create {
+        /// User name (domain Default).
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Lists a user's keys (never the secrets).
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    Delete {
+        access_key: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -312,6 +335,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 println!("{user}\t{project}\t{}", role.as_str());
             }
         }
+        AdminCommand::AccessKey(command) => access_key(&app, command).await?,
         AdminCommand::Gc => {
             let report = app.images.collect_garbage().await.map_err(fail)?;
             println!(
@@ -320,6 +344,47 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 report.abandoned_writes_removed,
                 report.stale_uploads_reset
             );
+        }
+    }
+    Ok(())
+}
+
+async fn access_key(app: &App, command: AccessKeyCommand) -> anyhow::Result<()> {
+    let fail = |e: ims_core::ServiceError| anyhow::anyhow!("{e}");
+    let user_id = |name: String| async move {
+        app.identity
+            .find_user(&by_name(&name))
+            .await
+            .map_err(fail)?
+            .map(|u| u.id)
+            .with_context(|| format!("no user named {name:?}"))
+    };
+    match command {
+        AccessKeyCommand::Create { user, description } => {
+            let id = user_id(user).await?;
+            let new = app
+                .access_keys
+                .create(&id, description.as_deref())
+                .await
+                .map_err(fail)?;
+            println!("{}\t{}", new.key.access_key, new.secret);
+        }
+        AccessKeyCommand::List { user } => {
+            let id = user_id(user).await?;
+            for key in app.access_keys.list(&id).await.map_err(fail)? {
+                println!(
+                    "{}\t{}\t{}",
+                    key.access_key,
+                    key.created_at,
+                    key.description.unwrap_or_default()
+                );
+            }
+        }
+        AccessKeyCommand::Delete { access_key } => {
+            app.access_keys
+                .delete(None, &access_key)
+                .await
+                .map_err(fail)?;
         }
     }
     Ok(())

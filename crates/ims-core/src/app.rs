@@ -7,9 +7,12 @@ use ims_blob::buckets::Buckets;
 use ims_blob::local::LocalBlobStore;
 use ims_blob::s3::S3BlobStore;
 use ims_meta::MetaStore;
+use ims_meta::cloudimages::{CloudImageStore, MemoryCloudImageStore};
 use ims_meta::metadefs::MetadefStore;
 use ims_meta::sql::SqlStore;
 
+use crate::access_keys::{AccessKeyService, load_or_create_seal_key};
+use crate::cloudimages::CloudImageService;
 use crate::config::{Config, StoreConfig};
 use crate::error::{ServiceError, ServiceResult};
 use crate::identity::IdentityService;
@@ -27,6 +30,10 @@ pub struct App {
     pub metadefs: Arc<MetadefService>,
     /// Users' S3 buckets for image import/export, when `[buckets]` is configured.
     pub buckets: Option<Arc<Buckets>>,
+    pub access_keys: Arc<AccessKeyService>,
+    /// Access keys and IMS job records (the IMS API's own store).
+    pub cloud: Arc<dyn CloudImageStore>,
+    pub cloud_images: Arc<CloudImageService>,
 }
 
 impl App {
@@ -40,7 +47,8 @@ impl App {
         })?;
         let sql = Arc::new(SqlStore::connect(&config.database_url()).await?);
         let meta: Arc<dyn MetaStore> = sql.clone();
-        let metadefs: Arc<dyn MetadefStore> = sql;
+        let metadefs: Arc<dyn MetadefStore> = sql.clone();
+        let cloud: Arc<dyn CloudImageStore> = sql;
         let blobs: Arc<dyn BlobStore> = match &config.store {
             StoreConfig::Local { .. } => Arc::new(LocalBlobStore::open(config.store_path())?),
             StoreConfig::S3(s3) => {
@@ -49,7 +57,8 @@ impl App {
                 Arc::new(store)
             }
         };
-        Self::with_stores(config, meta, metadefs, blobs).await
+        let seal_key = load_or_create_seal_key(&config.access_key_seal_file())?;
+        Self::with_stores(config, meta, metadefs, blobs, cloud, seal_key).await
     }
 
     /// Builds the services over given stores (the in-memory fakes in tests).
@@ -58,10 +67,18 @@ impl App {
         meta: Arc<dyn MetaStore>,
         metadefs: Arc<dyn MetadefStore>,
         blobs: Arc<dyn BlobStore>,
+        cloud: Arc<dyn CloudImageStore>,
+        seal_key: [u8; 32],
     ) -> ServiceResult<App> {
         let metadefs = Arc::new(MetadefService::new(metadefs));
         metadefs.seed().await?;
         let identity = Arc::new(IdentityService::open(meta.clone(), config.token_ttl_secs).await?);
+        let access_keys = Arc::new(AccessKeyService::new(
+            cloud.clone(),
+            meta.clone(),
+            seal_key,
+            config.ims.signature_max_skew_secs,
+        ));
         let images = Arc::new(ImageService::new(
             meta,
             blobs,
@@ -73,12 +90,20 @@ impl App {
             Some(connection) => Some(Arc::new(Buckets::new(connection.clone())?)),
             None => None,
         };
+        let cloud_images = Arc::new(CloudImageService::new(
+            images.clone(),
+            cloud.clone(),
+            config.ims.clone(),
+        ));
         Ok(App {
             config,
             identity,
             images,
             metadefs,
             buckets,
+            access_keys,
+            cloud,
+            cloud_images,
         })
     }
 
@@ -88,7 +113,8 @@ impl App {
         let metadefs: Arc<dyn MetadefStore> =
             Arc::new(ims_meta::metadefs::MemoryMetadefStore::new());
         let blobs: Arc<dyn BlobStore> = Arc::new(ims_blob::memory::MemoryBlobStore::new());
-        Self::with_stores(config, meta, metadefs, blobs)
+        let cloud: Arc<dyn CloudImageStore> = Arc::new(MemoryCloudImageStore::new());
+        Self::with_stores(config, meta, metadefs, blobs, cloud, rand::random())
             .await
             .expect("in-memory stores open")
     }

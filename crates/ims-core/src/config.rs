@@ -30,6 +30,33 @@ pub struct Config {
     pub buckets: Option<ims_blob::s3conf::S3Connection>,
     pub limits: Limits,
     pub gc: GcConfig,
+    pub ims: ImsConfig,
+}
+
+/// The IMS API (Huawei Cloud IMS dialect): signatures and the limits of the seed's tables 5-1…5-6.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImsConfig {
+    /// Largest distance in seconds between a signed request's `X-Sdk-Date` and the server's
+    /// clock. Env `IMS_SIGNATURE_MAX_SKEW_SECS`.
+    pub signature_max_skew_secs: u64,
+    /// File holding the 32-byte key access-key secrets are sealed with; created on first use.
+    /// Default `<data_dir>/access-keys.seal`. Every node of a deployment needs the same file.
+    /// Env `IMS_ACCESS_KEY_SEAL_FILE`.
+    pub access_key_seal_file: Option<PathBuf>,
+    /// Private images a project may own (seed table 5-1: 100 per region).
+    /// Env `IMS_PRIVATE_IMAGE_QUOTA`.
+    pub private_image_quota: u64,
+}
+
+impl Default for ImsConfig {
+    fn default() -> Self {
+        ImsConfig {
+            signature_max_skew_secs: 900,
+            access_key_seal_file: None,
+            private_image_quota: 100,
+        }
+    }
 }
 
 /// Cleaning up after crashes.
@@ -102,6 +129,7 @@ impl Default for Config {
             buckets: None,
             limits: Limits::default(),
             gc: GcConfig::default(),
+            ims: ImsConfig::default(),
         }
     }
 }
@@ -263,7 +291,27 @@ impl Config {
             "IMS_ORPHAN_MIN_AGE_SECS",
             &mut config.gc.orphan_min_age_secs,
         )?;
+        env_parse(
+            env,
+            "IMS_SIGNATURE_MAX_SKEW_SECS",
+            &mut config.ims.signature_max_skew_secs,
+        )?;
+        if let Some(path) = env("IMS_ACCESS_KEY_SEAL_FILE") {
+            config.ims.access_key_seal_file = Some(PathBuf::from(path));
+        }
+        env_parse(
+            env,
+            "IMS_PRIVATE_IMAGE_QUOTA",
+            &mut config.ims.private_image_quota,
+        )?;
         Ok(config)
+    }
+
+    pub fn access_key_seal_file(&self) -> PathBuf {
+        self.ims
+            .access_key_seal_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("access-keys.seal"))
     }
 
     pub fn public_url(&self) -> String {

@@ -233,6 +233,11 @@ impl ImageService {
         })
         .await?;
         // The record no longer references the blob; if this delete fails, the collector will.
+        // In-region copies share their source's blob: it goes with the last image naming it.
+        let blob = match blob {
+            Some(key) if self.meta.referenced_blob_keys().await?.contains(&key) => None,
+            other => other,
+        };
         if let Some(key) = blob.and_then(|k| BlobKey::parse(&k).ok())
             && let Err(e) = self.blobs.delete(&key).await
         {

@@ -2,7 +2,9 @@
 //! policy and quotas, orchestrate the metadata and blob stores, and answer with domain values or
 //! a [`ServiceError`] carrying a stable [`ErrorKind`](ims_domain::ErrorKind).
 
+pub mod access_keys;
 pub mod app;
+pub mod cloudimages;
 pub mod config;
 pub mod error;
 pub mod gc;
@@ -10,6 +12,7 @@ pub mod identity;
 pub mod images;
 pub mod metadefs;
 pub mod patch;
+pub mod sdk_signature;
 pub mod upload;
 
 pub use app::App;

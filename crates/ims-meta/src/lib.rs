@@ -2,6 +2,7 @@
 //! in-memory fake ([`memory::MemoryStore`]) and a sqlx implementation for SQLite and PostgreSQL
 //! ([`sql::SqlStore`]); [`conformance`] holds the suite every implementation must pass.
 
+pub mod cloudimages;
 pub mod conformance;
 pub mod memory;
 pub mod metadefs;

@@ -1,0 +1,640 @@
+//! IMS image operations: list (every IMS filter), update, the creating jobs (file, quick import,
+//! data disk, ISO, whole image, register), copies and export.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use ims_core::ServiceError;
+use ims_core::cloudimages::{
+    CloudImageService, DATA_DISK_GB, ImsImageSpec, KvTag, QUICK_IMPORT_DISK_GB, SYSTEM_DISK_GB,
+    check_description, check_disk_gb, check_name, is_service_property,
+};
+use ims_core::patch::{AttrValue, PatchDialect};
+use ims_domain::query::{MAX_LIST_LIMIT, MemberStatusFilter, VisibilityFilter};
+use ims_domain::{Caller, ErrorKind, ImageStatus, MemberStatus, Visibility};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    ImsCaller, ImsResult, error, image_info, invalid, job_created, parse_body, parse_image_id,
+};
+use crate::SharedState;
+use crate::list::parse_list_query;
+
+/// `list_images`' default page size (IMS: 500; Glance's is 25).
+const IMS_DEFAULT_LIMIT: usize = 500;
+/// File formats an imported file may have (`register_image`).
+const IMPORT_FORMATS: &[&str] = &[
+    "zvhd", "qcow2", "vhd", "raw", "vhdx", "qed", "vdi", "qcow", "zvhd2", "vmdk", "iso",
+];
+/// Formats `export_image` writes (seed table 5-5).
+const EXPORT_FORMATS: &[&str] = &["qcow2", "vhd", "zvhd", "vmdk", "zvhd2"];
+
+/// Query keys IMS lists accept that are not stored attributes (handled here or ignored).
+const IGNORED_QUERY_KEYS: &[&str] = &["enterprise_project_id", "flavor_id"];
+
+pub async fn list_images(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    RawQuery(raw): RawQuery,
+) -> ImsResult<Response> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|_| invalid("The query string is invalid."))?;
+    let mut image_type = None;
+    let mut min_disk = None;
+    let mut min_ram = None;
+    let mut passed: Vec<(String, String)> = Vec::new();
+    let mut has_limit = false;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "__imagetype" => match value.as_str() {
+                "gold" | "private" | "shared" | "market" => image_type = Some(value),
+                _ => return Err(invalid("The imagetype is invalid.")),
+            },
+            "min_disk" => {
+                min_disk = Some(
+                    value
+                        .parse::<i64>()
+                        .map_err(|_| invalid("min_disk must be an integer"))?,
+                )
+            }
+            "min_ram" => {
+                min_ram = Some(
+                    value
+                        .parse::<i64>()
+                        .map_err(|_| invalid("min_ram must be an integer"))?,
+                )
+            }
+            "tag" => {
+                // IMS matches key/value tags written "key.value" (stored "key=value").
+                let tag = match value.split_once('.') {
+                    Some((k, v)) => format!("{k}={v}"),
+                    None => value,
+                };
+                passed.push((key, tag));
+            }
+            k if IGNORED_QUERY_KEYS.contains(&k) => {}
+            "limit" => {
+                has_limit = true;
+                passed.push((key, value));
+            }
+            _ => passed.push((key, value)),
+        }
+    }
+    let rebuilt = serde_urlencoded::to_string(&passed).unwrap_or_default();
+    let mut query = parse_list_query(Some(&rebuilt))?;
+    if !has_limit {
+        query.limit = IMS_DEFAULT_LIMIT.min(MAX_LIST_LIMIT);
+    }
+    match image_type.as_deref() {
+        Some("gold") => query.visibility = Some(VisibilityFilter::Only(Visibility::Public)),
+        Some("private") => query
+            .properties
+            .push(("__imagetype".into(), "private".into())),
+        Some("shared") => {
+            query.visibility = Some(VisibilityFilter::Only(Visibility::Shared));
+            if query.member_status == MemberStatusFilter::All {
+                query.member_status = MemberStatusFilter::Only(MemberStatus::Accepted);
+            }
+        }
+        Some("market") => query
+            .properties
+            .push(("__imagetype".into(), "market".into())),
+        _ => {}
+    }
+    let limit = query.limit;
+    let images = state.app.images.list(&caller, query).await?;
+    let next_marker = (images.len() == limit)
+        .then(|| images.last().map(|i| i.id.to_string()))
+        .flatten();
+    let owned = |i: &&ims_domain::Image| i.owner.as_deref() == Some(caller.project_id.as_str());
+    let shown: Vec<Value> = images
+        .iter()
+        .filter(|i| match image_type.as_deref() {
+            Some("private") => owned(i),
+            Some("shared") => !owned(i),
+            _ => true,
+        })
+        .filter(|i| min_disk.is_none_or(|d| i.min_disk == d))
+        .filter(|i| min_ram.is_none_or(|r| i.min_ram == r))
+        .map(|i| image_info(&caller, i))
+        .collect();
+    let mut page_info = json!({});
+    if let Some(marker) = next_marker {
+        page_info["next_marker"] = marker.into();
+    }
+    Ok(Json(json!({"images": shown, "page_info": page_info})).into_response())
+}
+
+pub async fn update_image(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    Path(image_id): Path<String>,
+    body: Bytes,
+) -> ImsResult<Response> {
+    let id = parse_image_id(&image_id)?;
+    let doc: Value = parse_body(&body)?;
+    let mut ops = crate::images::parse_patch(doc, PatchDialect::V2_1)?;
+    for op in &mut ops {
+        if is_service_property(&op.attr) {
+            return Err(error(
+                ErrorKind::Forbidden,
+                format!("Attribute '{}' is maintained by the service.", op.attr),
+            ));
+        }
+        // IMS names the description `description`; it is stored as `__description`.
+        if op.attr == "description" {
+            op.attr = "__description".into();
+        }
+        // `max_ram` travels as an int but is stored (and shown) as a string.
+        if let Some(AttrValue::Int(n)) = &op.value
+            && op.attr == "max_ram"
+        {
+            op.value = Some(AttrValue::Str(n.to_string()));
+        }
+    }
+    let image = state.app.images.get(&caller, id).await?;
+    if image.status != ImageStatus::Active {
+        return Err(invalid("Only active images can be updated."));
+    }
+    let updated = state
+        .app
+        .images
+        .update(&caller, id, &ops, PatchDialect::V2_1)
+        .await?;
+    Ok(Json(image_info(&caller, &updated)).into_response())
+}
+
+#[derive(Deserialize)]
+struct TagKeyValue {
+    key: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct CreateDataImage {
+    name: String,
+    volume_id: String,
+}
+
+#[derive(Deserialize, Default)]
+struct CreateImageBody {
+    name: Option<String>,
+    description: Option<String>,
+    instance_id: Option<String>,
+    data_images: Option<Vec<CreateDataImage>>,
+    volume_id: Option<String>,
+    image_url: Option<String>,
+    min_disk: Option<i64>,
+    os_version: Option<String>,
+    is_quick_import: Option<bool>,
+    cmk_id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    architecture: Option<String>,
+    hw_firmware_type: Option<String>,
+    max_ram: Option<i64>,
+    min_ram: Option<i64>,
+    tags: Option<Vec<String>>,
+    image_tags: Option<Vec<TagKeyValue>>,
+    os_type: Option<String>,
+}
+
+/// The tags of a create body: legacy `"key.value"` strings or `image_tags`, not both.
+fn body_tags(
+    tags: &Option<Vec<String>>,
+    image_tags: &Option<Vec<TagKeyValue>>,
+) -> ImsResult<Vec<KvTag>> {
+    match (tags, image_tags) {
+        (Some(_), Some(_)) => Err(invalid("Use either tags or image_tags, not both.")),
+        (Some(t), None) => Ok(t
+            .iter()
+            .map(|s| KvTag::parse_dotted(s))
+            .collect::<Result<_, _>>()?),
+        (None, Some(t)) => Ok(t
+            .iter()
+            .map(|t| KvTag::new(&t.key, &t.value))
+            .collect::<Result<_, _>>()?),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+fn no_kms() -> super::ImsError {
+    error(
+        ErrorKind::Unsupported,
+        "Encrypted images need KMS (cmk_id), and no KMS is configured for this deployment.",
+    )
+}
+
+fn no_server(id: &str) -> super::ImsError {
+    invalid(format!("The ECS {id} does not exist."))
+}
+
+/// `"bucket:object"` → (bucket, object).
+fn parse_bucket_url(url: &str) -> ImsResult<(String, String)> {
+    match url.split_once(':') {
+        Some((b, o)) if !b.is_empty() && !o.is_empty() => Ok((b.to_string(), o.to_string())),
+        _ => Err(invalid(format!(
+            "'{url}' is not of the form bucket:object."
+        ))),
+    }
+}
+
+fn virtual_env_type(kind: Option<&str>) -> ImsResult<&'static str> {
+    Ok(match kind.unwrap_or("ECS") {
+        "ECS" | "FusionCompute" => "FusionCompute",
+        "BMS" | "Ironic" => "Ironic",
+        "IsoImage" => "IsoImage",
+        "DataImage" => "DataImage",
+        other => return Err(invalid(format!("Image type {other} is invalid."))),
+    })
+}
+
+/// Reads an object from a bucket into a new image. Object storage (S3 buckets) arrives with
+/// `ims-blob`'s bucket layer; until a deployment configures it the job fails with this reason.
+async fn import_from_bucket(
+    cloud: Arc<CloudImageService>,
+    caller: Caller,
+    image_id: uuid::Uuid,
+    bucket: String,
+    object: String,
+) -> Result<Value, ServiceError> {
+    let failure = ServiceError::new(
+        ErrorKind::Unavailable,
+        format!(
+            "Object storage is not configured for this deployment: cannot read {bucket}:{object}."
+        ),
+    );
+    // A failed import leaves no image behind (IMS deletes the half-made record).
+    if let Err(e) = cloud.images().delete(&caller, image_id).await {
+        tracing::warn!(image_id = %image_id, error = %e.message, "removing a failed import's image");
+    }
+    Err(failure)
+}
+
+async fn start_import(
+    state: &SharedState,
+    caller: &Caller,
+    spec: ImsImageSpec,
+    image_url: &str,
+    job_type: &str,
+) -> ImsResult<Response> {
+    let (bucket, object) = parse_bucket_url(image_url)?;
+    let cloud = state.app.cloud_images.clone();
+    let image = cloud.create_image(caller, &spec).await?;
+    let entities = json!({"image_id": image.id.to_string(), "image_name": spec.name});
+    let work = import_from_bucket(cloud.clone(), caller.clone(), image.id, bucket, object);
+    let job = cloud.start_job(caller, job_type, entities, work).await?;
+    Ok(job_created(job))
+}
+
+pub async fn create_image(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    body: Bytes,
+) -> ImsResult<Response> {
+    let body: CreateImageBody = parse_body(&body)?;
+    let name = body
+        .name
+        .clone()
+        .ok_or_else(|| invalid("name is required."))?;
+    check_name(&name)?;
+    if let Some(d) = &body.description {
+        check_description(d)?;
+    }
+    if body.cmk_id.is_some() {
+        return Err(no_kms());
+    }
+    if let Some(id) = &body.instance_id {
+        return Err(no_server(id));
+    }
+    if let Some(id) = &body.volume_id {
+        return Err(invalid(format!("The volume {id} does not exist.")));
+    }
+    if let Some(disks) = &body.data_images {
+        let first = disks
+            .first()
+            .ok_or_else(|| invalid("data_images is empty."))?;
+        return Err(invalid(format!(
+            "The volume {} ({}) does not exist.",
+            first.volume_id, first.name
+        )));
+    }
+    let Some(image_url) = &body.image_url else {
+        return Err(invalid(
+            "One of instance_id, image_url, volume_id or data_images is required.",
+        ));
+    };
+    let env = virtual_env_type(body.kind.as_deref())?;
+    let min_disk = body
+        .min_disk
+        .ok_or_else(|| invalid("min_disk is required."))?;
+    check_disk_gb("min_disk", min_disk, SYSTEM_DISK_GB)?;
+    if body.is_quick_import == Some(true) && body.os_version.is_none() {
+        return Err(invalid("os_version is required for a quick import."));
+    }
+    let spec = ImsImageSpec {
+        name,
+        description: body.description.clone(),
+        os_version: body.os_version.clone(),
+        virtual_env_type: env.into(),
+        architecture: body.architecture.clone(),
+        hw_firmware_type: body.hw_firmware_type.clone(),
+        min_disk,
+        min_ram: body.min_ram.unwrap_or(0),
+        max_ram: body.max_ram,
+        disk_format: if env == "IsoImage" { "iso" } else { "qcow2" }.into(),
+        tags: body_tags(&body.tags, &body.image_tags)?,
+        data_origin: Some(format!("file,{image_url}")),
+        original_image: None,
+    };
+    start_import(&state, &caller, spec, image_url, "imsImportImageJob").await
+}
+
+pub async fn import_quick(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    body: Bytes,
+) -> ImsResult<Response> {
+    let body: CreateImageBody = parse_body(&body)?;
+    let name = body
+        .name
+        .clone()
+        .ok_or_else(|| invalid("name is required."))?;
+    check_name(&name)?;
+    let os_version = body
+        .os_version
+        .clone()
+        .ok_or_else(|| invalid("os_version is required."))?;
+    let image_url = body
+        .image_url
+        .clone()
+        .ok_or_else(|| invalid("image_url is required."))?;
+    let min_disk = body
+        .min_disk
+        .ok_or_else(|| invalid("min_disk is required."))?;
+    check_disk_gb("min_disk", min_disk, QUICK_IMPORT_DISK_GB)?;
+    let env = virtual_env_type(body.kind.as_deref())?;
+    let spec = ImsImageSpec {
+        name,
+        description: body.description.clone(),
+        os_version: Some(os_version),
+        virtual_env_type: env.into(),
+        architecture: body.architecture.clone(),
+        hw_firmware_type: body.hw_firmware_type.clone(),
+        min_disk,
+        min_ram: 0,
+        max_ram: None,
+        // RAW or ZVHD2 on the wire; recorded as raw until the import detects the format.
+        disk_format: "raw".into(),
+        tags: body_tags(&body.tags, &body.image_tags)?,
+        data_origin: Some(format!("file,{image_url}")),
+        original_image: None,
+    };
+    let _ = body.os_type;
+    start_import(&state, &caller, spec, &image_url, "imsImportImageJob").await
+}
+
+pub async fn create_data_image(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    body: Bytes,
+) -> ImsResult<Response> {
+    let body: CreateImageBody = parse_body(&body)?;
+    let name = body
+        .name
+        .clone()
+        .ok_or_else(|| invalid("name is required."))?;
+    check_name(&name)?;
+    if body.cmk_id.is_some() {
+        return Err(no_kms());
+    }
+    let image_url = body
+        .image_url
+        .clone()
+        .ok_or_else(|| invalid("image_url is required."))?;
+    let min_disk = body
+        .min_disk
+        .ok_or_else(|| invalid("min_disk is required."))?;
+    check_disk_gb("min_disk", min_disk, DATA_DISK_GB)?;
+    let windows = body.os_type.as_deref() == Some("Windows");
+    let spec = ImsImageSpec {
+        name,
+        description: body.description.clone(),
+        os_version: Some(
+            if windows {
+                "Other Windows(64 bit)"
+            } else {
+                "Other Linux(64 bit)"
+            }
+            .into(),
+        ),
+        virtual_env_type: "DataImage".into(),
+        min_disk,
+        disk_format: "qcow2".into(),
+        tags: body_tags(&body.tags, &body.image_tags)?,
+        data_origin: Some(format!("file,{image_url}")),
+        ..Default::default()
+    };
+    start_import(&state, &caller, spec, &image_url, "imsImportDataImageJob").await
+}
+
+#[derive(Deserialize)]
+struct WholeImageBody {
+    name: Option<String>,
+    instance_id: Option<String>,
+    backup_id: Option<String>,
+    whole_image_type: Option<String>,
+    vault_id: Option<String>,
+}
+
+pub async fn create_whole_image(ImsCaller(_caller): ImsCaller, body: Bytes) -> ImsResult<Response> {
+    let body: WholeImageBody = parse_body(&body)?;
+    check_name(
+        body.name
+            .as_deref()
+            .ok_or_else(|| invalid("name is required."))?,
+    )?;
+    if let Some(id) = &body.instance_id {
+        return Err(no_server(id));
+    }
+    let backup = body
+        .backup_id
+        .as_deref()
+        .ok_or_else(|| invalid("One of instance_id or backup_id is required."))?;
+    if body.whole_image_type.as_deref() == Some("CBR") && body.vault_id.is_none() {
+        return Err(invalid("vault_id is required for a CBR backup."));
+    }
+    Err(invalid(format!("The backup {backup} does not exist.")))
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    image_url: String,
+}
+
+pub async fn register_image(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    Path(image_id): Path<String>,
+    body: Bytes,
+) -> ImsResult<Response> {
+    let id = parse_image_id(&image_id)?;
+    let body: RegisterBody = parse_body(&body)?;
+    let (bucket, object) = parse_bucket_url(&body.image_url)?;
+    let extension = object.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+    if object.contains('.') && !IMPORT_FORMATS.contains(&extension.as_str()) {
+        return Err(invalid(format!(
+            "The file format {extension} cannot be registered."
+        )));
+    }
+    let cloud = state.app.cloud_images.clone();
+    let image = cloud.owned_image(&caller, id).await?;
+    if image.status != ImageStatus::Queued {
+        return Err(invalid(
+            "Only images waiting for their file (queued) can be registered.",
+        ));
+    }
+    let name = image.name.clone().unwrap_or_default();
+    let entities = json!({"image_id": id.to_string(), "image_name": name});
+    let work = async move {
+        Err::<Value, _>(ServiceError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "Object storage is not configured for this deployment: cannot read {bucket}:{object}."
+            ),
+        ))
+    };
+    let job = cloud
+        .start_job(&caller, "imsNativeImportImageJob", entities, work)
+        .await?;
+    Ok(job_created(job))
+}
+
+#[derive(Deserialize)]
+struct CopyBody {
+    name: String,
+    description: Option<String>,
+    cmk_id: Option<String>,
+}
+
+pub async fn copy_in_region(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    Path(image_id): Path<String>,
+    body: Bytes,
+) -> ImsResult<Response> {
+    let id = parse_image_id(&image_id)?;
+    let body: CopyBody = parse_body(&body)?;
+    check_name(&body.name)?;
+    if let Some(d) = &body.description {
+        check_description(d)?;
+    }
+    if body.cmk_id.is_some() {
+        return Err(no_kms());
+    }
+    let cloud = state.app.cloud_images.clone();
+    // Validate before the job so refusals are immediate 400s, as IMS does.
+    let source = state.app.images.get(&caller, id).await?;
+    if source.status != ImageStatus::Active {
+        return Err(invalid("Only active images can be copied."));
+    }
+    cloud.check_quota(&caller).await?;
+    let entities = json!({"image_name": body.name});
+    let work = {
+        let cloud = cloud.clone();
+        let caller = caller.clone();
+        async move {
+            let copy = cloud
+                .copy_in_region(&caller, id, &body.name, body.description.as_deref())
+                .await?;
+            Ok(json!({"image_id": copy.id.to_string()}))
+        }
+    };
+    let job = cloud
+        .start_job(&caller, "imsCopyImageInRegionJob", entities, work)
+        .await?;
+    Ok(job_created(job))
+}
+
+#[derive(Deserialize)]
+struct CrossRegionBody {
+    name: String,
+    region: String,
+    project_name: String,
+    agency_name: String,
+}
+
+pub async fn copy_cross_region(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    Path(image_id): Path<String>,
+    body: Bytes,
+) -> ImsResult<Response> {
+    let id = parse_image_id(&image_id)?;
+    let body: CrossRegionBody = parse_body(&body)?;
+    check_name(&body.name)?;
+    state.app.images.get(&caller, id).await?;
+    if body.project_name.is_empty() || body.agency_name.is_empty() {
+        return Err(invalid("project_name and agency_name are required."));
+    }
+    Err(invalid(format!(
+        "Region {} is not a peer region of this deployment.",
+        body.region
+    )))
+}
+
+#[derive(Deserialize)]
+struct ExportBody {
+    bucket_url: String,
+    file_format: Option<String>,
+    is_quick_export: Option<bool>,
+}
+
+pub async fn export_image(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    Path(image_id): Path<String>,
+    body: Bytes,
+) -> ImsResult<Response> {
+    let id = parse_image_id(&image_id)?;
+    let body: ExportBody = parse_body(&body)?;
+    let (bucket, object) = parse_bucket_url(&body.bucket_url)?;
+    let format = match (body.is_quick_export, body.file_format.as_deref()) {
+        (Some(true), Some(_)) => {
+            return Err(invalid("A quick export cannot name a file_format."));
+        }
+        (Some(true), None) => "raw".to_string(),
+        (_, Some(f)) if EXPORT_FORMATS.contains(&f) => f.to_string(),
+        (_, Some(f)) => return Err(invalid(format!("The file format {f} cannot be exported."))),
+        (_, None) => return Err(invalid("file_format is required.")),
+    };
+    let cloud = state.app.cloud_images.clone();
+    let image = cloud.owned_image(&caller, id).await?;
+    if image.status != ImageStatus::Active {
+        return Err(invalid("Only active images can be exported."));
+    }
+    if image.properties.contains_key("__system__cmkid") {
+        return Err(invalid("Encrypted images cannot be exported."));
+    }
+    if image.properties.get("__imagetype").map(String::as_str) == Some("market") {
+        return Err(invalid("Market images cannot be exported."));
+    }
+    let name = image.name.clone().unwrap_or_default();
+    let entities = json!({"image_id": id.to_string(), "image_name": name});
+    let work = async move {
+        Err::<Value, _>(ServiceError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "Object storage is not configured for this deployment: cannot write {bucket}:{object} as {format}."
+            ),
+        ))
+    };
+    let job = cloud
+        .start_job(&caller, "imsNativeExportImageJob", entities, work)
+        .await?;
+    Ok(job_created(job))
+}

@@ -1,0 +1,148 @@
+//! IMS job queries (both endpoints), the image quota and the OS version list.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use ims_core::cloudimages::JobView;
+use ims_domain::os_catalog;
+use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
+
+use super::{ImsCaller, ImsResult, check_project, invalid};
+use crate::SharedState;
+use crate::error::{ims_status_and_code, kind_named};
+
+/// Job times as IMS writes them: UTC with milliseconds, `2024-11-06T06:19:43.195Z`.
+fn job_time(t: time::OffsetDateTime) -> String {
+    let millis = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
+    millis.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The common fields; `progress` switches to `show_job_progress`' entity spelling.
+fn job_json(view: &JobView, progress: bool) -> Value {
+    let r = &view.record;
+    let error_code = r
+        .error_code
+        .as_deref()
+        .map(|kind| ims_status_and_code(kind_named(kind)).1);
+    let mut entities = view.entities.clone();
+    if let Some(map) = entities.as_object_mut() {
+        let percent = match r.status.as_str() {
+            "SUCCESS" => 100.0,
+            _ => 0.0,
+        };
+        map.insert("process_percent".into(), json!(percent));
+        if progress {
+            map.entry("subJobId").or_insert(Value::Null);
+        } else if let Some(code) = error_code {
+            map.insert("error_code".into(), code.into());
+            map.insert("error".into(), r.fail_reason.clone().into());
+        }
+        map.entry("sub_jobs_result").or_insert(json!([]));
+        map.entry("sub_jobs_list").or_insert(json!([]));
+    }
+    json!({
+        "status": r.status,
+        "job_id": r.id,
+        "job_type": r.job_type,
+        "begin_time": job_time(r.begin_time),
+        "end_time": r.end_time.map(job_time).unwrap_or_default(),
+        "error_code": error_code,
+        "fail_reason": r.fail_reason,
+        "entities": entities,
+    })
+}
+
+pub async fn show_job_progress(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    Path(job_id): Path<String>,
+) -> ImsResult<Response> {
+    let view = state.app.cloud_images.job(&caller, &job_id).await?;
+    Ok(Json(job_json(&view, true)).into_response())
+}
+
+pub async fn show_job(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+    Path((project_id, job_id)): Path<(String, String)>,
+) -> ImsResult<Response> {
+    check_project(&caller, &project_id)?;
+    let view = state.app.cloud_images.job(&caller, &job_id).await?;
+    Ok(Json(job_json(&view, false)).into_response())
+}
+
+/// The quota IMS reports: private images per project (seed table 5-1).
+pub async fn show_quota(
+    State(state): State<SharedState>,
+    ImsCaller(caller): ImsCaller,
+) -> ImsResult<Response> {
+    let cloud = &state.app.cloud_images;
+    let used = cloud.private_image_count(&caller.project_id).await?;
+    let quota = cloud.config().private_image_quota;
+    Ok(Json(json!({
+        "quotas": {"resources": [
+            {"type": "image", "used": used, "quota": quota, "min": 1, "max": quota.max(1)},
+        ]}
+    }))
+    .into_response())
+}
+
+/// `GET /v1/cloudimages/os_version?tag=uefi&tag=arm`: the seed's catalogue grouped by platform;
+/// every `tag` (`bms`, `uefi`, `arm`, `x86`) must hold. Each version also carries its UEFI
+/// support and end of support (extra keys the SDK ignores).
+pub async fn list_os_versions(
+    ImsCaller(_caller): ImsCaller,
+    RawQuery(raw): RawQuery,
+) -> ImsResult<Response> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|_| invalid("The query string is invalid."))?;
+    let mut tags = Vec::new();
+    for (key, value) in pairs {
+        if key == "tag" {
+            for tag in value.split(',') {
+                match tag {
+                    "bms" | "uefi" | "arm" | "x86" | "kvm" => tags.push(tag.to_string()),
+                    other => return Err(invalid(format!("Tag {other} is invalid."))),
+                }
+            }
+        }
+    }
+    let mut groups: Vec<(&str, Vec<Value>)> = Vec::new();
+    for entry in os_catalog::entries() {
+        let holds = tags.iter().all(|t| match t.as_str() {
+            "uefi" => entry.uefi,
+            "arm" => entry.arm,
+            "x86" => entry.x86,
+            "bms" => entry.bms,
+            _ => true,
+        });
+        if !holds {
+            continue;
+        }
+        let end_of_support = entry.end_of_life().map(|e| match e {
+            os_catalog::EndOfLife::On(d) => d.to_string(),
+            os_catalog::EndOfLife::Stopped => "stopped".into(),
+        });
+        let item = json!({
+            "platform": entry.platform,
+            "os_version_key": entry.key(),
+            "os_version": entry.name,
+            "os_bit": entry.bits,
+            "os_type": entry.os_type.as_str(),
+            "support_uefi": entry.uefi,
+            "end_of_support": end_of_support,
+        });
+        match groups.iter_mut().find(|(p, _)| *p == entry.platform) {
+            Some((_, list)) => list.push(item),
+            None => groups.push((entry.platform, vec![item])),
+        }
+    }
+    let body: Vec<Value> = groups
+        .into_iter()
+        .map(|(platform, list)| json!({"platform": platform, "version_list": list}))
+        .collect();
+    Ok(Json(body).into_response())
+}
