@@ -183,17 +183,13 @@ fn apply_store_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match env("IMS_STORE_KIND").as_deref() {
-        None => {}
-        Some("local") => {
-            if !matches!(config.store, StoreConfig::Local { .. }) {
-                config.store = StoreConfig::Local { path: None };
-            }
+        Some("local") if !matches!(config.store, StoreConfig::Local { .. }) => {
+            config.store = StoreConfig::Local { path: None };
         }
-        Some("s3") => {
-            if !matches!(config.store, StoreConfig::S3(_)) {
-                config.store = StoreConfig::S3(Default::default());
-            }
+        Some("s3") if !matches!(config.store, StoreConfig::S3(_)) => {
+            config.store = StoreConfig::S3(Default::default());
         }
+        None | Some("local" | "s3") => {}
         Some(other) => {
             return Err(ConfigError::Env {
                 name: "IMS_STORE_KIND",
