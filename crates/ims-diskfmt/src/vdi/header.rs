@@ -8,6 +8,8 @@ pub(crate) const SIGNATURE: u32 = 0xBEDA_107F;
 pub(crate) const SIGNATURE_OFFSET: u64 = 0x40;
 /// qemu reads only version 1.1.
 pub(crate) const VERSION_1_1: u32 = 0x0001_0001;
+/// Bytes of header after the pre-header (text, signature, version, size field).
+pub(crate) const HEADER_SIZE_1_1: u32 = 0x180;
 pub(crate) const SECTOR: u32 = 512;
 /// qemu supports only 1 MiB blocks.
 pub(crate) const BLOCK_SIZE: u32 = 1 << 20;
@@ -21,6 +23,9 @@ pub(crate) const TYPE_DIFF: u32 = 4;
 pub(crate) const UNALLOCATED: u32 = 0xFFFF_FFFF;
 /// Block map entry of a discarded block (reads as zeros).
 pub(crate) const DISCARDED: u32 = 0xFFFF_FFFE;
+
+/// The text qemu writes at offset 0 (content is informational only).
+pub(crate) const QEMU_TEXT: &[u8] = b"<<< QEMU VM Virtual Disk Image >>>\n";
 
 /// The whole header sector (little-endian).
 #[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -161,7 +166,7 @@ mod tests {
     fn annotated_qemu_static_header() {
         // The first 0x1a8 bytes of qemu's static 64 MiB VDI (uuids abbreviated).
         let mut b = [0u8; 512];
-        b[..35].copy_from_slice(b"<<< QEMU VM Virtual Disk Image >>>\n");
+        b[..35].copy_from_slice(QEMU_TEXT);
         b[0x40..0x44].copy_from_slice(&[0x7f, 0x10, 0xda, 0xbe]); // signature
         b[0x44..0x48].copy_from_slice(&[1, 0, 1, 0]); // version 1.1
         b[0x48..0x4c].copy_from_slice(&[0x80, 1, 0, 0]); // header size 0x180
@@ -177,7 +182,7 @@ mod tests {
         let (h, _) = HeaderRaw::read_from_prefix(&b[..]).unwrap();
         assert_eq!(size_of::<HeaderRaw>(), 512);
         assert_eq!(h.signature.get(), SIGNATURE);
-        assert_eq!(h.header_size.get(), 0x180);
+        assert_eq!(h.header_size.get(), HEADER_SIZE_1_1);
         assert_eq!(h.image_type.get(), TYPE_STATIC);
         assert_eq!((h.offset_bmap.get(), h.offset_data.get()), (0x200, 0x400));
         assert_eq!(h.virtual_size(), 64 << 20);

@@ -3,3 +3,4 @@
 
 pub(crate) mod header;
 pub(crate) mod reader;
+pub(crate) mod writer;

@@ -14,7 +14,7 @@ use crate::disk::{
 
 /// Largest block map held in memory: 64 MiB = 16 M blocks = a 16 TiB disk. qemu's limit
 /// (0x3fffffff blocks, a 4 GiB map) is far beyond any real image.
-const MAX_BMAP_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_BMAP_BYTES: u64 = 64 << 20;
 /// `check` lists at most this many problems (it still counts all of them).
 const MAX_CHECK_MESSAGES: usize = 100;
 

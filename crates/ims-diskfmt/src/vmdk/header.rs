@@ -19,15 +19,20 @@ pub(crate) const MAX_GD_ENTRIES: u64 = 32 << 20;
 /// Grain directory offset meaning "see the footer" (streamOptimized, VMware layout).
 pub(crate) const GD_AT_END: u64 = u64::MAX;
 
+pub(crate) const FLAG_NEWLINE_TEST: u32 = 1 << 0;
 pub(crate) const FLAG_REDUNDANT_GD: u32 = 1 << 1;
 /// Grain table entry 1 means "this grain reads as zeros".
 pub(crate) const FLAG_ZEROED_GRAIN: u32 = 1 << 2;
 pub(crate) const FLAG_COMPRESSED: u32 = 1 << 16;
 pub(crate) const FLAG_MARKERS: u32 = 1 << 17;
 pub(crate) const COMPRESSION_DEFLATE: u16 = 1;
+/// The bytes at offset 73 that detect text-mode (CRLF-mangling) transfers.
+pub(crate) const NEWLINE_TEST: [u8; 4] = *b"\n \r\n";
 
 /// Stream marker types (`MarkerRaw::kind`).
 pub(crate) const MARKER_END_OF_STREAM: u32 = 0;
+pub(crate) const MARKER_GRAIN_TABLE: u32 = 1;
+pub(crate) const MARKER_GRAIN_DIRECTORY: u32 = 2;
 pub(crate) const MARKER_FOOTER: u32 = 3;
 
 /// The footer, the footer marker and the end-of-stream marker: the last three sectors of a
@@ -224,13 +229,13 @@ mod tests {
         let (h, _) = SparseHeaderRaw::read_from_prefix(&qemu_header()[..]).unwrap();
         assert_eq!(h.magic, MAGIC);
         assert_eq!(h.version.get(), 1);
-        assert_eq!(h.flags(), 1 | FLAG_REDUNDANT_GD);
+        assert_eq!(h.flags(), FLAG_NEWLINE_TEST | FLAG_REDUNDANT_GD);
         assert_eq!(h.capacity.get() * SECTOR, 64 << 20);
         assert_eq!(h.grain_size.get(), 128);
         assert_eq!(h.num_gtes_per_gt.get(), 512);
         assert_eq!((h.rgd_offset.get(), h.gd_offset.get()), (21, 30));
         assert_eq!(h.over_head.get(), 128);
-        assert_eq!(&h.newline_test, b"\n \r\n");
+        assert_eq!(h.newline_test, NEWLINE_TEST);
         assert_eq!(h.gd_entries(), 2);
         assert_eq!(h.check_geometry(), Ok(()));
         assert_eq!(size_of::<SparseHeaderRaw>(), 79);

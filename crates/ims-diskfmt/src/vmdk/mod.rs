@@ -5,3 +5,4 @@
 pub(crate) mod descriptor;
 pub(crate) mod header;
 pub(crate) mod reader;
+pub(crate) mod writer;

@@ -69,6 +69,8 @@ pub fn create(
         Format::Qcow2 => crate::qcow2::create(sink, virtual_size, options),
         Format::Qcow => crate::qcow::create(sink, virtual_size, options),
         Format::Qed => crate::qed::create(sink, virtual_size, options),
+        Format::Vmdk => crate::vmdk::writer::create(sink, virtual_size, options),
+        Format::Vdi => crate::vdi::writer::create(sink, virtual_size, options),
         _ => Err(DiskError::Unsupported {
             what: format!("writing {format} images is not implemented yet"),
         }),
