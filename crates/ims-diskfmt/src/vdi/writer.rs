@@ -270,7 +270,8 @@ mod tests {
         }
     }
 
-    fn write(disk: &[u8], is_static: bool) -> Vec<u8> {
+    /// Writes a disk of `size` bytes holding `blocks` (offset, data) and nothing else.
+    fn write(size: u64, blocks: &[(u64, Vec<u8>)], is_static: bool) -> Vec<u8> {
         let sink = Arc::new(MemorySink::new());
         let mut options = BTreeMap::new();
         options.insert(
@@ -281,47 +282,63 @@ mod tests {
             options,
             compress: false,
         };
-        let mut writer = create(Box::new(Shared(sink.clone())), disk.len() as u64, &opts).unwrap();
-        let block = writer.block_size() as usize;
-        for (i, chunk) in disk.chunks(block).enumerate() {
-            if chunk.iter().any(|&b| b != 0) {
-                writer.write_block((i * block) as u64, chunk, None).unwrap();
-            }
+        let mut writer = create(Box::new(Shared(sink.clone())), size, &opts).unwrap();
+        for (offset, data) in blocks {
+            writer.write_block(*offset, data, None).unwrap();
         }
         writer.finish().unwrap();
         sink.contents()
     }
 
+    fn block_with(byte_at: usize, value: u8, len: usize) -> Vec<u8> {
+        let mut block = vec![0u8; len];
+        block[byte_at] = value;
+        block
+    }
+
     #[test]
-    fn dynamic_and_static_round_trip() {
-        // 2100 blocks (block map spans three pages), an odd size, data in three places.
-        let mut disk = vec![0u8; 2100 * (1 << 20) - 1536];
-        disk[5] = 1;
-        disk[1500 << 20] = 2;
-        let len = disk.len();
-        disk[len - 1] = 3;
-        for is_static in [false, true] {
-            let image = write(&disk, is_static);
-            let reader = open(Arc::new(image.clone()), FORMAT, &OpenOptions::default()).unwrap();
-            assert_eq!(reader.virtual_size(), disk.len() as u64);
-            for at in [0u64, 1500 << 20, (len - 512) as u64] {
-                let mut back = vec![0u8; 512];
-                reader.read_at(at, &mut back).unwrap();
-                assert!(back[..] == disk[at as usize..at as usize + 512], "{at}");
-            }
-            let check = reader.check().unwrap();
-            assert_eq!(check.corruptions, 0, "{:?}", check.messages);
-            let expected_len = if is_static { 2100 } else { 3 };
-            assert_eq!(image.len() as u64, 0x200 + 8704 + expected_len * (1 << 20));
-            let hole = reader.extent(1 << 20, 1 << 30).unwrap();
-            let hole_kind = if is_static {
-                ExtentKind::Data
-            } else {
-                ExtentKind::Zero
-            };
-            assert_eq!(hole.kind, hole_kind);
+    fn dynamic_round_trip_with_a_multi_page_block_map() {
+        // 2100 blocks (the block map spans three pages), an odd size, data in three places.
+        let size = 2100 * (1 << 20) - 1536;
+        let last = 2099u64 << 20;
+        let blocks = [
+            (0, block_with(5, 1, 1 << 20)),
+            (1500 << 20, block_with(0, 2, 1 << 20)),
+            (
+                last,
+                block_with((size - last) as usize - 1, 3, (size - last) as usize),
+            ),
+        ];
+        let image = write(size, &blocks, false);
+        // header + 17 sectors of block map + three data blocks.
+        assert_eq!(image.len() as u64, 0x200 + 8704 + 3 * (1 << 20));
+        let reader = open(Arc::new(image.clone()), FORMAT, &OpenOptions::default()).unwrap();
+        assert_eq!(reader.virtual_size(), size);
+        for (offset, data) in &blocks {
+            let mut back = vec![0u8; data.len()];
+            reader.read_at(*offset, &mut back).unwrap();
+            assert!(back == *data, "{offset}");
         }
-        assert!(write(&disk, false) == write(&disk, false));
+        let check = reader.check().unwrap();
+        assert_eq!(check.corruptions, 0, "{:?}", check.messages);
+        assert_eq!(check.allocated_clusters, Some(3));
+        let hole = reader.extent(1 << 20, 1 << 40).unwrap();
+        assert_eq!((hole.kind, hole.length), (ExtentKind::Zero, 1499 << 20));
+        assert!(write(size, &blocks, false) == image);
+    }
+
+    #[test]
+    fn static_round_trip_leaves_holes() {
+        let size = 5 << 20;
+        let blocks = [(3 << 20, block_with(7, 9, 1 << 20))];
+        let image = write(size, &blocks, true);
+        assert_eq!(image.len() as u64, 0x400 + size);
+        let reader = open(Arc::new(image), FORMAT, &OpenOptions::default()).unwrap();
+        assert_eq!(reader.info().subformat.as_deref(), Some("static"));
+        let mut back = vec![1u8; 5 << 20];
+        reader.read_at(0, &mut back).unwrap();
+        assert_eq!(back.iter().position(|&b| b != 0), Some((3 << 20) + 7));
+        assert_eq!(reader.check().unwrap().corruptions, 0);
     }
 
     #[test]
