@@ -222,6 +222,28 @@ mod tests {
         assert!(compress(Compression::Zstd, &noise, noise.len()).is_none());
     }
 
+    /// zlib-rs 0.6 panicked ("buf.len() must fit in remaining()") when the output buffer was
+    /// bounded by the cluster size and the input did not compress; every cluster size qemu
+    /// allows must simply report "not shrinking".
+    #[test]
+    fn incompressible_clusters_of_every_size_do_not_panic() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for bits in 9..=21 {
+            let size = 1usize << bits;
+            let noise: Vec<u8> = (0..size)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            for kind in [Compression::Zlib, Compression::Zstd] {
+                assert!(compress(kind, &noise, size).is_none(), "{kind:?} {size}");
+            }
+        }
+    }
+
     #[test]
     fn short_or_bad_streams_are_errors() {
         for kind in [Compression::Zlib, Compression::Zstd] {
