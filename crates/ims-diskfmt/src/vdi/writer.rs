@@ -25,7 +25,7 @@ const BMAP_PAGE_ENTRIES: u64 = 1024;
 const FORMAT: Format = Format::Vdi;
 
 fn write_error(structure: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> DiskError {
-    move |source| DiskError::Reading {
+    move |source| DiskError::Writing {
         structure,
         offset,
         source,

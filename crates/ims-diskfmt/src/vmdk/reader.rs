@@ -68,7 +68,6 @@ pub(crate) struct VmdkDisk {
     gtes_per_gt: u64,
     /// Grain directory: sector offsets of the grain tables (0 = no table).
     gd: Vec<u32>,
-    gd_offset: u64,
     /// Sectors before the first grain: a grain table entry pointing below is corrupt.
     over_head: u64,
     compressed: bool,
@@ -158,7 +157,6 @@ impl VmdkDisk {
             grain_bytes: header.grain_size.get() * SECTOR,
             gtes_per_gt: u64::from(header.num_gtes_per_gt.get()),
             gd: Vec::new(),
-            gd_offset: 0,
             over_head,
             compressed: compression == COMPRESSION_DEFLATE || flags & FLAG_COMPRESSED != 0,
             markers: flags & FLAG_MARKERS != 0,
@@ -182,15 +180,15 @@ impl VmdkDisk {
             .get()
             .checked_mul(SECTOR)
             .ok_or_else(|| corrupt("sparse header", 56, "grain directory offset overflows"))?;
-        self.gd_offset = gd_offset;
         let gd_bytes = entries as u64 * 4;
         if gd_offset
             .checked_add(gd_bytes)
             .is_none_or(|end| end > self.file_len)
         {
             if self.lenient {
-                // qemu reads a directory past the end as zeros: an empty disk.
-                self.gd = vec![0; entries];
+                // qemu reads a directory past the end as zeros: an empty disk (kept as an
+                // empty directory, so a hostile header costs no memory).
+                self.gd = Vec::new();
                 return Ok(());
             }
             return Err(corrupt(
@@ -269,13 +267,8 @@ impl VmdkDisk {
     fn grain(&self, grain: u64) -> Result<Grain, DiskError> {
         let gd_index = (grain / self.gtes_per_gt) as usize;
         let gt_index = (grain % self.gtes_per_gt) as usize;
-        let Some(&gt_sector) = self.gd.get(gd_index) else {
-            return Err(corrupt(
-                "grain directory",
-                self.gd_offset,
-                format!("no entry for grain {grain}"),
-            ));
-        };
+        // The directory covers every grain, except the empty one of a lenient open.
+        let gt_sector = self.gd.get(gd_index).copied().unwrap_or(0);
         if gt_sector == 0 {
             return Ok(Grain::Unallocated);
         }
@@ -551,7 +544,7 @@ impl Disk for VmdkDisk {
         while pos < end {
             let grain = pos / self.grain_bytes;
             let gd_index = (grain / self.gtes_per_gt) as usize;
-            let (this, next) = if self.gd.get(gd_index) == Some(&0) {
+            let (this, next) = if self.gd.get(gd_index).copied().unwrap_or(0) == 0 {
                 (
                     ExtentKind::Zero,
                     (gd_index as u64 + 1) * sectors_per_gt_bytes,

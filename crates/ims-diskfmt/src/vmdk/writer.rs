@@ -56,7 +56,7 @@ fn invalid_option(what: String) -> DiskError {
 }
 
 fn write_error(structure: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> DiskError {
-    move |source| DiskError::Reading {
+    move |source| DiskError::Writing {
         structure,
         offset,
         source,
