@@ -139,6 +139,35 @@ stop_server() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
+stop_file_server() {
+  [[ -f $STATE/files.pid ]] || return 0
+  local pid
+  pid=$(<"$STATE/files.pid")
+  rm -f "$STATE/files.pid"
+  kill "$pid" 2>/dev/null || true
+}
+
+# A loopback file server for web-download imports (tempest's http_image / http_qcow2_image).
+# The ims server exempts exactly this address from its import URL policy; every other loopback,
+# private or link-local target stays refused.
+start_file_server() {
+  local dir="$WORK/files" fport
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  head -c 1048576 /dev/urandom >"$dir/image.raw"
+  qemu-img create -q -f qcow2 "$dir/image.qcow2" 16M
+  fport=$(free_port)
+  python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$fport" >"$LOGS/files.log" 2>&1 </dev/null &
+  printf '%s' "$!" >"$STATE/files.pid"
+  for _ in $(seq 50); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$fport/image.raw") == 200 ]] && break
+    sleep 0.1
+  done
+  FILES_PORT=$fport
+  export_state IMS_FILES_URL "http://127.0.0.1:$fport"
+  log "file server for web-download on http://127.0.0.1:$fport ($dir)"
+}
+
 stop_pg() {
   [[ -f $STATE/pg.dir ]] || return 0
   local dir
@@ -157,7 +186,7 @@ stop_garage() {
   rm -f "$STATE/garage.dir"
 }
 
-cleanup() { stop_server; stop_pg; stop_garage; }
+cleanup() { stop_server; stop_file_server; stop_pg; stop_garage; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -315,6 +344,8 @@ stage_server() {
   mkdir -p "$WORK/data"
   port=$(free_port)
   url="http://127.0.0.1:$port"
+  start_file_server
+  IMS_IMPORT_ALLOWED_PORTS="80,443,$FILES_PORT" IMS_IMPORT_EXEMPT_TARGETS="127.0.0.1:$FILES_PORT" \
   IMS_ADMIN_PASSWORD="$admin_pw" "$IMS_BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$port" \
     >"$LOGS/server.out" 2>"$LOGS/server.log" </dev/null &
   pid=$!
@@ -375,6 +406,7 @@ stage_tempest() {
     { cat "$LOGS/tempest-init.log"; return 1; }
   cp "$WORK/accounts/accounts.yaml" "$ws/etc/accounts.yaml"
   log "feature profile:"
+  IMS_TEMPEST_SET="image.http_image=$IMS_FILES_URL/image.raw;image.http_qcow2_image=$IMS_FILES_URL/image.qcow2${IMS_TEMPEST_SET:+;$IMS_TEMPEST_SET}" \
   python3 "$ROOT/tests/tempest/gen_config.py" conf --uri-v3 "$IMS_URL/identity/v3" \
     --accounts "$ws/etc/accounts.yaml" --out "$ws/etc/tempest.conf"
   cd "$ws"

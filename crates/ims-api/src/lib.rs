@@ -8,6 +8,7 @@ mod body;
 mod error;
 mod identity;
 mod images;
+mod import;
 mod ims;
 mod json;
 mod list;
@@ -52,6 +53,11 @@ pub fn router(app: Arc<App>) -> Router {
             "/images/{id}/file",
             put(images::upload).get(images::download),
         )
+        .route("/images/{id}/stage", put(import::stage))
+        .route("/images/{id}/import", post(import::import))
+        .route("/images/{id}/tasks", get(import::image_tasks))
+        .route("/tasks", get(import::list_tasks).post(import::create_task))
+        .route("/tasks/{id}", get(import::show_task))
         .route("/images/{id}/actions/deactivate", post(images::deactivate))
         .route("/images/{id}/actions/reactivate", post(images::reactivate))
         .route(
@@ -70,7 +76,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/schemas/{name}", get(versions::schema))
         .route("/schemas/metadefs/{name}", get(versions::metadef_schema))
-        .route("/info/import", get(versions::info_import))
+        .route("/info/import", get(import::info_import))
         .route("/info/stores", get(versions::info_stores))
         .route("/info/usage", get(images::usage))
         .nest("/metadefs", metadefs::router());

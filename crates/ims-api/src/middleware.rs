@@ -28,9 +28,14 @@ fn client_request_id(req: &Request) -> Option<String> {
     ok.then(|| value.to_string())
 }
 
+/// The request's id, as echoed in `x-openstack-request-id` (a request extension).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// Gives every request an id (the client's if valid), a tracing span, and echoes the id back.
-pub async fn request_id(req: Request, next: Next) -> Response {
+pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = client_request_id(&req).unwrap_or_else(|| format!("req-{}", uuid::Uuid::new_v4()));
+    req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
     let mut response = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "done"));

@@ -14,7 +14,8 @@ use crate::error::{ApiError, ApiResult};
 
 /// API versions this server implements, newest first; the first is CURRENT.
 const VERSIONS: &[&str] = &[
-    "2.15", "2.9", "2.8", "2.7", "2.6", "2.5", "2.4", "2.3", "2.2", "2.1", "2.0",
+    "2.15", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5", "2.4", "2.3", "2.2",
+    "2.1", "2.0",
 ];
 
 static SCHEMAS: LazyLock<Value> = LazyLock::new(|| {
@@ -93,12 +94,6 @@ pub async fn metadef_schema(Path(name): Path<String>) -> ApiResult<Json<Value>> 
             format!("No schema named metadefs/{name}"),
         )),
     }
-}
-
-pub async fn info_import() -> Json<Value> {
-    Json(
-        json!({"import-methods": {"description": "Import methods available.", "type": "array", "value": []}}),
-    )
 }
 
 pub async fn info_stores() -> ApiError {

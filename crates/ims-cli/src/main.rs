@@ -212,6 +212,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("Bootstrapped user 'admin' in project 'admin' with password: {generated}");
         println!("(shown once; set IMS_ADMIN_PASSWORD to choose it)");
     }
+    let workers = app.start_workers(&bound.to_string());
     let images = app.images.clone();
     tokio::spawn(async move {
         loop {
@@ -231,6 +232,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    workers.shutdown().await;
     Ok(())
 }
 

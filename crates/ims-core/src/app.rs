@@ -6,6 +6,8 @@ use ims_blob::BlobStore;
 use ims_blob::buckets::Buckets;
 use ims_blob::local::LocalBlobStore;
 use ims_blob::s3::S3BlobStore;
+use ims_jobs::JobStore;
+use ims_jobs::runner::{Runner, RunnerConfig, RunnerHandle, Waker};
 use ims_meta::MetaStore;
 use ims_meta::cloudimages::{CloudImageStore, MemoryCloudImageStore};
 use ims_meta::metadefs::MetadefStore;
@@ -17,6 +19,7 @@ use crate::config::{Config, StoreConfig};
 use crate::error::{ServiceError, ServiceResult};
 use crate::identity::IdentityService;
 use crate::images::ImageService;
+use crate::import::{IMPORT_JOB_KIND, ImportService};
 use crate::metadefs::MetadefService;
 
 /// The name the single local store is known by in image records.
@@ -34,6 +37,9 @@ pub struct App {
     /// Access keys and IMS job records (the IMS API's own store).
     pub cloud: Arc<dyn CloudImageStore>,
     pub cloud_images: Arc<CloudImageService>,
+    /// Staging, import and the task views over jobs.
+    pub imports: Arc<ImportService>,
+    waker: Waker,
 }
 
 impl App {
@@ -48,6 +54,7 @@ impl App {
         let sql = Arc::new(SqlStore::connect(&config.database_url()).await?);
         let meta: Arc<dyn MetaStore> = sql.clone();
         let metadefs: Arc<dyn MetadefStore> = sql.clone();
+        let jobs: Arc<dyn JobStore> = Arc::new(ims_jobs::sql::SqlJobStore::new(&sql));
         let cloud: Arc<dyn CloudImageStore> = sql;
         let blobs: Arc<dyn BlobStore> = match &config.store {
             StoreConfig::Local { .. } => Arc::new(LocalBlobStore::open(config.store_path())?),
@@ -58,10 +65,11 @@ impl App {
             }
         };
         let seal_key = load_or_create_seal_key(&config.access_key_seal_file())?;
-        Self::with_stores(config, meta, metadefs, blobs, cloud, seal_key).await
+        Self::with_job_store(config, meta, metadefs, blobs, cloud, seal_key, jobs).await
     }
 
-    /// Builds the services over given stores (the in-memory fakes in tests).
+    /// Builds the services over given stores (the in-memory fakes in tests), with jobs kept in
+    /// memory.
     pub async fn with_stores(
         config: Config,
         meta: Arc<dyn MetaStore>,
@@ -69,6 +77,20 @@ impl App {
         blobs: Arc<dyn BlobStore>,
         cloud: Arc<dyn CloudImageStore>,
         seal_key: [u8; 32],
+    ) -> ServiceResult<App> {
+        let jobs: Arc<dyn JobStore> = Arc::new(ims_jobs::memory::MemoryJobStore::new());
+        Self::with_job_store(config, meta, metadefs, blobs, cloud, seal_key, jobs).await
+    }
+
+    /// Builds the services over given stores, jobs included.
+    pub async fn with_job_store(
+        config: Config,
+        meta: Arc<dyn MetaStore>,
+        metadefs: Arc<dyn MetadefStore>,
+        blobs: Arc<dyn BlobStore>,
+        cloud: Arc<dyn CloudImageStore>,
+        seal_key: [u8; 32],
+        jobs: Arc<dyn JobStore>,
     ) -> ServiceResult<App> {
         let metadefs = Arc::new(MetadefService::new(metadefs));
         metadefs.seed().await?;
@@ -95,6 +117,13 @@ impl App {
             cloud.clone(),
             config.ims.clone(),
         ));
+        let waker = Waker::new();
+        let imports = Arc::new(ImportService::new(
+            images.clone(),
+            jobs,
+            waker.clone(),
+            config.import.clone(),
+        ));
         Ok(App {
             config,
             identity,
@@ -104,7 +133,20 @@ impl App {
             access_keys,
             cloud,
             cloud_images,
+            imports,
+            waker,
         })
+    }
+
+    /// Starts this node's job workers (imports); they share the job table with every node.
+    pub fn start_workers(&self, node: &str) -> RunnerHandle {
+        let config = RunnerConfig {
+            concurrency: self.config.import.workers.max(1),
+            ..RunnerConfig::new(node)
+        };
+        let mut runner = Runner::new(self.imports.jobs().clone(), config);
+        runner.register(IMPORT_JOB_KIND, self.imports.handler());
+        runner.with_waker(self.waker.clone()).start()
     }
 
     /// In-memory stores; for tests.

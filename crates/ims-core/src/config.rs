@@ -31,6 +31,7 @@ pub struct Config {
     pub limits: Limits,
     pub gc: GcConfig,
     pub ims: ImsConfig,
+    pub import: ImportConfig,
 }
 
 /// The IMS API (Huawei Cloud IMS dialect): signatures and the limits of the seed's tables 5-1…5-6.
@@ -57,6 +58,82 @@ impl Default for ImsConfig {
             private_image_quota: 100,
         }
     }
+}
+
+/// Interoperable image import (`/v2/images/{id}/import`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportConfig {
+    /// Methods offered in `/v2/info/import`. Env `IMS_IMPORT_METHODS` (comma list).
+    pub methods: Vec<ImportMethod>,
+    /// URL schemes web-download may fetch. Env `IMS_IMPORT_ALLOWED_SCHEMES` (comma list).
+    pub allowed_schemes: Vec<String>,
+    /// Ports web-download may connect to. Env `IMS_IMPORT_ALLOWED_PORTS` (comma list).
+    pub allowed_ports: Vec<u16>,
+    /// Exact `ip:port` addresses web-download may reach although they are not public (loopback,
+    /// private, link-local are refused otherwise). Env `IMS_IMPORT_EXEMPT_TARGETS` (comma list).
+    pub exempt_targets: Vec<SocketAddr>,
+    /// Import jobs this node runs at once. Env `IMS_IMPORT_WORKERS`.
+    pub workers: usize,
+}
+
+/// An import method (Glance's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImportMethod {
+    /// Data staged with `PUT /v2/images/{id}/stage` first.
+    GlanceDirect,
+    /// Data fetched from a URL.
+    WebDownload,
+}
+
+impl ImportMethod {
+    pub const ALL: [ImportMethod; 2] = [ImportMethod::GlanceDirect, ImportMethod::WebDownload];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportMethod::GlanceDirect => "glance-direct",
+            ImportMethod::WebDownload => "web-download",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ImportMethod> {
+        ImportMethod::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        ImportConfig {
+            methods: ImportMethod::ALL.to_vec(),
+            allowed_schemes: vec!["http".into(), "https".into()],
+            allowed_ports: vec![80, 443],
+            exempt_targets: Vec::new(),
+            workers: 2,
+        }
+    }
+}
+
+/// Parses a comma list from the environment variable `name`, if set.
+fn env_list<T>(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+    slot: &mut Vec<T>,
+) -> Result<(), ConfigError> {
+    let Some(value) = get(name) else {
+        return Ok(());
+    };
+    let mut items = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        items.push(parse(item).ok_or_else(|| ConfigError::Env {
+            name,
+            value: value.clone(),
+            reason: format!("{item:?} is not valid"),
+        })?);
+    }
+    *slot = items;
+    Ok(())
 }
 
 /// Cleaning up after crashes.
@@ -130,6 +207,7 @@ impl Default for Config {
             limits: Limits::default(),
             gc: GcConfig::default(),
             ims: ImsConfig::default(),
+            import: ImportConfig::default(),
         }
     }
 }
@@ -300,6 +378,32 @@ impl Config {
             "IMS_PRIVATE_IMAGE_QUOTA",
             &mut config.ims.private_image_quota,
         )?;
+        let import = &mut config.import;
+        env_list(
+            env,
+            "IMS_IMPORT_METHODS",
+            ImportMethod::parse,
+            &mut import.methods,
+        )?;
+        env_list(
+            env,
+            "IMS_IMPORT_ALLOWED_SCHEMES",
+            |s| Some(s.to_ascii_lowercase()),
+            &mut import.allowed_schemes,
+        )?;
+        env_list(
+            env,
+            "IMS_IMPORT_ALLOWED_PORTS",
+            |s| s.parse().ok(),
+            &mut import.allowed_ports,
+        )?;
+        env_list(
+            env,
+            "IMS_IMPORT_EXEMPT_TARGETS",
+            |s| s.parse().ok(),
+            &mut import.exempt_targets,
+        )?;
+        env_parse(env, "IMS_IMPORT_WORKERS", &mut import.workers)?;
         Ok(config)
     }
 
@@ -365,6 +469,23 @@ mod tests {
         assert_eq!(c.region, "R2");
         assert_eq!(c.store_path(), PathBuf::from("/srv/x"));
         assert_eq!(c.limits.image_size_cap, 10);
+    }
+
+    #[test]
+    fn import_lists_from_env() {
+        let env = |k: &str| match k {
+            "IMS_IMPORT_METHODS" => Some("web-download".to_string()),
+            "IMS_IMPORT_ALLOWED_PORTS" => Some("80, 8080".to_string()),
+            "IMS_IMPORT_EXEMPT_TARGETS" => Some("127.0.0.1:8123".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with(None, &env).unwrap();
+        assert_eq!(c.import.methods, vec![ImportMethod::WebDownload]);
+        assert_eq!(c.import.allowed_ports, vec![80, 8080]);
+        assert_eq!(c.import.exempt_targets[0].to_string(), "127.0.0.1:8123");
+        let bad = |k: &str| (k == "IMS_IMPORT_METHODS").then(|| "copy-image".to_string());
+        let err = Config::load_with(None, &bad).unwrap_err();
+        assert!(err.to_string().contains("copy-image"), "{err}");
     }
 
     #[test]

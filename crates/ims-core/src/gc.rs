@@ -18,7 +18,8 @@ pub struct GcReport {
     pub stale_uploads_reset: usize,
 }
 
-/// Deletes blobs that no image references and that are older than `min_age`.
+/// Deletes blobs that no image references and that are older than `min_age`. Staged import data
+/// counts as referenced while its image is `uploading` or `importing`.
 pub async fn delete_orphan_blobs(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
@@ -29,13 +30,30 @@ pub async fn delete_orphan_blobs(
     let cutoff = time::OffsetDateTime::now_utc().unix_timestamp() - min_age.as_secs() as i64;
     let mut deleted = 0;
     for blob in blobs.list().await? {
-        if blob.modified_unix <= cutoff && !referenced.contains(blob.key.as_str()) {
+        if blob.modified_unix <= cutoff
+            && !referenced.contains(blob.key.as_str())
+            && !staged_for_live_image(meta, blob.key.as_str()).await?
+        {
             tracing::info!(blob = %blob.key, size = blob.size, "deleting orphaned blob");
             blobs.delete(&blob.key).await?;
             deleted += 1;
         }
     }
     Ok(deleted)
+}
+
+/// Whether `key` is the staging area of an image still waiting for (or running) its import.
+async fn staged_for_live_image(meta: &dyn MetaStore, key: &str) -> ServiceResult<bool> {
+    let Some(id) = crate::import::staged_image(key) else {
+        return Ok(false);
+    };
+    let image = meta.get_image(id).await?;
+    Ok(image.is_some_and(|i| {
+        matches!(
+            i.status,
+            ims_domain::ImageStatus::Uploading | ims_domain::ImageStatus::Importing
+        )
+    }))
 }
 
 impl ImageService {

@@ -39,8 +39,7 @@ impl ImageService {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let image = self.owned(caller, id, "upload_image").await?;
-        let owner = image.owner.clone();
+        self.owned(caller, id, "upload_image").await?;
         let image = self
             .mutate(id, |image| {
                 image.require_formats()?;
@@ -48,20 +47,41 @@ impl ImageService {
                 Ok(())
             })
             .await?;
+        let ingested = self
+            .ingest(&image, body, declared_size, ImageStatus::Saving)
+            .await;
+        if ingested.is_err() {
+            self.restore_queued(id).await;
+        }
+        ingested
+    }
+
+    /// Streams `body` into a new blob of `image` (whose status is `in_flight`: `saving` for an
+    /// upload, `importing` for an import), inspects it and publishes the image `active`. On
+    /// failure the blob is discarded and the image left as it is, for the caller to restore.
+    pub(crate) async fn ingest<S, E>(
+        &self,
+        image: &Image,
+        body: S,
+        declared_size: Option<u64>,
+        in_flight: ImageStatus,
+    ) -> ServiceResult<Image>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let id = image.id;
+        let owner = image.owner.clone();
         let disk_format = image.disk_format.clone().unwrap_or_default();
         let bare = image.container_format.as_deref() == Some("bare");
-
+        let key = BlobKey::for_image(id);
         let outcome = self
-            .stream_into_blob(id, owner.as_deref(), body, declared_size)
+            .stream_into_blob(id, &key, owner.as_deref(), body, declared_size)
             .await;
-        let (key, size, hashes, window) = match outcome {
+        let (size, hashes, window) = match outcome {
             Ok(parts) => parts,
-            Err(Abort(err)) => {
-                self.restore_queued(id).await;
-                return Err(err);
-            }
+            Err(Abort(err)) => return Err(err),
         };
-
         let inspected = tokio::task::spawn_blocking(move || {
             let probe = probe(&window).map_err(|e| {
                 ServiceError::invalid(format!("Image data could not be inspected: {e}"))
@@ -84,7 +104,6 @@ impl ImageService {
             Ok(v) => v,
             Err(err) => {
                 self.discard(&key).await;
-                self.restore_queued(id).await;
                 return Err(err);
             }
         };
@@ -100,11 +119,11 @@ impl ImageService {
         };
         let published = self
             .mutate(id, |image| {
-                if image.status != ImageStatus::Saving {
+                if image.status != in_flight {
                     return Err(ServiceError::new(
                         ims_domain::ErrorKind::Conflict,
                         format!(
-                            "Image {id} changed to {} during upload",
+                            "Image {id} changed to {} while its data was written",
                             image.status.as_str()
                         ),
                     ));
@@ -133,14 +152,39 @@ impl ImageService {
         published
     }
 
-    /// Streams `body` into a fresh blob. On error nothing is left behind (the writer is dropped).
+    /// Streams `body` into a blob at `key` under the upload limits, without inspecting it (the
+    /// staging area of an import); returns its size. On error nothing is left behind.
+    pub(crate) async fn write_blob<S, E>(
+        &self,
+        id: uuid::Uuid,
+        key: &BlobKey,
+        owner: Option<&str>,
+        body: S,
+        declared_size: Option<u64>,
+    ) -> ServiceResult<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        match self
+            .stream_into_blob(id, key, owner, body, declared_size)
+            .await
+        {
+            Ok((size, _, _)) => Ok(size),
+            Err(Abort(err)) => Err(err),
+        }
+    }
+
+    /// Streams `body` into a fresh blob at `key`. On error nothing is left behind (the writer is
+    /// dropped).
     async fn stream_into_blob<S, E>(
         &self,
         id: uuid::Uuid,
+        key: &BlobKey,
         owner: Option<&str>,
         mut body: S,
         declared_size: Option<u64>,
-    ) -> Result<(BlobKey, u64, ims_blob::hash::StreamHashes, InspectionWindow), Abort>
+    ) -> Result<(u64, ims_blob::hash::StreamHashes, InspectionWindow), Abort>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -169,9 +213,8 @@ impl ImageService {
             }
         }
 
-        let key = BlobKey::for_image(id);
         let mut writer: Box<dyn BlobWriter> =
-            self.blobs.create(&key).await.map_err(|e| Abort(e.into()))?;
+            self.blobs.create(key).await.map_err(|e| Abort(e.into()))?;
         let hasher = StreamHasher::new();
         let mut window = InspectionWindow::builder();
         let mut total: u64 = 0;
@@ -232,7 +275,7 @@ impl ImageService {
         }
         let hashes = hasher.finish().await;
         writer.commit().await.map_err(|e| Abort(e.into()))?;
-        Ok((key, total, hashes, window.finish()))
+        Ok((total, hashes, window.finish()))
     }
 
     async fn heartbeat(&self, id: uuid::Uuid) {
@@ -258,9 +301,14 @@ impl ImageService {
 
     /// Puts a `saving` image back to `queued` with no data, as if the upload never happened.
     pub(crate) async fn restore_queued(&self, id: uuid::Uuid) {
+        self.restore_queued_from(id, ImageStatus::Saving).await
+    }
+
+    /// Puts an image that is still `from` back to `queued` with no data.
+    pub(crate) async fn restore_queued_from(&self, id: uuid::Uuid, from: ImageStatus) {
         let restored = self
             .mutate(id, |image| {
-                if image.status != ImageStatus::Saving {
+                if image.status != from {
                     return Ok(());
                 }
                 image.transition(ImageStatus::Queued)?;

@@ -113,11 +113,28 @@ impl RunnerConfig {
     }
 }
 
+/// Wakes an idle worker of a runner; cheap to clone, usable before the runner starts (a service
+/// that submits jobs holds one).
+#[derive(Debug, Clone, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    pub fn new() -> Waker {
+        Waker::default()
+    }
+
+    /// Tells one idle worker to look for jobs now.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// A handler registry by kind; [`Runner::start`] turns it into running workers.
 pub struct Runner {
     store: Arc<dyn JobStore>,
     config: RunnerConfig,
     handlers: BTreeMap<String, Arc<dyn JobHandler>>,
+    waker: Waker,
 }
 
 impl Runner {
@@ -126,7 +143,14 @@ impl Runner {
             store,
             config,
             handlers: BTreeMap::new(),
+            waker: Waker::new(),
         }
+    }
+
+    /// Uses `waker` (handed to submitters earlier) to wake this runner's workers.
+    pub fn with_waker(mut self, waker: Waker) -> Runner {
+        self.waker = waker;
+        self
     }
 
     /// Runs jobs of `kind` with `handler` (replacing an earlier one for the kind).
@@ -146,7 +170,7 @@ impl Runner {
             },
             handlers: self.handlers,
             config: self.config,
-            wake: Notify::new(),
+            wake: self.waker,
         });
         let (stop, stopped) = watch::channel(false);
         let workers = (0..shared.config.concurrency.max(1))
@@ -170,7 +194,7 @@ pub struct RunnerHandle {
 impl RunnerHandle {
     /// Tells an idle worker to look for jobs now (call after submitting one).
     pub fn wake(&self) {
-        self.shared.wake.notify_one();
+        self.shared.wake.wake();
     }
 
     /// The worker name written into leases.
@@ -199,7 +223,7 @@ struct Shared {
     request: ClaimRequest,
     handlers: BTreeMap<String, Arc<dyn JobHandler>>,
     config: RunnerConfig,
-    wake: Notify,
+    wake: Waker,
 }
 
 async fn worker(shared: Arc<Shared>, n: usize, mut stopped: watch::Receiver<bool>) {
@@ -220,7 +244,7 @@ async fn worker(shared: Arc<Shared>, n: usize, mut stopped: watch::Receiver<bool
             Err(e) => tracing::warn!(error = %e, "claiming a job"),
         }
         tokio::select! {
-            _ = shared.wake.notified() => {}
+            _ = shared.wake.0.notified() => {}
             _ = tokio::time::sleep(shared.config.poll_interval) => {}
             _ = stopped.changed() => {}
         }

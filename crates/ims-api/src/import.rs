@@ -1,0 +1,265 @@
+//! Interoperable import and tasks: `PUT /v2/images/{id}/stage`, `POST /v2/images/{id}/import`,
+//! `GET /v2/images/{id}/tasks`, `GET /v2/tasks[/{id}]` and `/v2/info/import`, rendered as Glance
+//! renders them (tasks are views over `ims-jobs` jobs).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use futures::TryStreamExt;
+use ims_core::config::ImportMethod;
+use ims_core::images::parse_image_id;
+use ims_core::import::ImportRequest;
+use ims_domain::ErrorKind;
+use ims_jobs::{Job, JobStatus};
+use serde_json::{Value, json};
+
+use crate::SharedState;
+use crate::body::{content_type, read_json_object};
+use crate::error::{ApiError, ApiResult};
+use crate::json::{attr_value, glance_time};
+use crate::middleware::{Authed, RequestId};
+
+/// `GET /v2/info/import`.
+pub async fn info_import(State(state): State<SharedState>) -> Json<Value> {
+    let methods = state.app.imports.methods();
+    Json(json!({"import-methods": {
+        "description": "Import methods available.",
+        "type": "array",
+        "value": methods,
+    }}))
+}
+
+fn declared_size(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    match headers.get("x-openstack-image-size") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid("x-openstack-image-size must be a non-negative integer")
+            }),
+    }
+}
+
+/// `PUT /v2/images/{id}/stage`.
+pub async fn stage(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let id = parse_image_id(&id)?;
+    if content_type(&headers).as_deref() != Some("application/octet-stream") {
+        return Err(ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "Image data must be sent as application/octet-stream.",
+        ));
+    }
+    let declared = declared_size(&headers)?;
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    state
+        .app
+        .imports
+        .stage(&caller, id, stream, declared)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v2/images/{id}/import`: 202 with no body once the import job is queued.
+pub async fn import(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Extension(request_id): Extension<RequestId>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let id = parse_image_id(&id)?;
+    let map = read_json_object(&headers, body, state.app.config.limits.max_json_body).await?;
+    let request = parse_import(&Value::Object(map))?;
+    state
+        .app
+        .imports
+        .import(&caller, id, request, Some(request_id.0))
+        .await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// The import body: `{"method": {"name": …, "uri": …}, "stores": […], "all_stores": …}`.
+/// Stores other than this node's one are refused until multiple stores exist.
+fn parse_import(body: &Value) -> ApiResult<ImportRequest> {
+    let method = body
+        .get("method")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::invalid("The import request needs a 'method' object."))?;
+    let name = method
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("The import method needs a 'name'."))?;
+    let method_kind = ImportMethod::parse(name)
+        .ok_or_else(|| ApiError::invalid(format!("Import method {name} is not supported.")))?;
+    let uri = match method.get("uri") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(uri)) => Some(uri.clone()),
+        Some(_) => return Err(ApiError::invalid("'uri' must be a string.")),
+    };
+    Ok(ImportRequest {
+        method: method_kind,
+        uri,
+    })
+}
+
+fn task_status(status: JobStatus) -> &'static str {
+    match status {
+        JobStatus::Queued => "pending",
+        JobStatus::Running => "processing",
+        JobStatus::Succeeded => "success",
+        JobStatus::Failed => "failure",
+    }
+}
+
+/// A job as Glance's task document.
+fn task_json(job: &Job) -> Value {
+    json!({
+        "id": job.id.to_string(),
+        "type": "api_image_import",
+        "status": task_status(job.status),
+        "owner": job.project,
+        "input": job.payload,
+        "result": job.result,
+        "message": job.fail_reason.clone().unwrap_or_default(),
+        "image_id": job.image_id.map(|i| i.to_string()),
+        "request_id": job.request_id,
+        "user_id": job.user_id,
+        "expires_at": job.expires_at.map(glance_time),
+        "created_at": glance_time(job.created_at),
+        "updated_at": glance_time(job.updated_at),
+        "self": format!("/v2/tasks/{}", job.id),
+        "schema": "/v2/schemas/task",
+    })
+}
+
+/// `GET /v2/images/{id}/tasks`.
+pub async fn image_tasks(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_image_id(&id)?;
+    let jobs = state.app.imports.image_tasks(&caller, id).await?;
+    let tasks: Vec<Value> = jobs.iter().map(task_json).collect();
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+/// `GET /v2/tasks`.
+pub async fn list_tasks(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+) -> ApiResult<Json<Value>> {
+    let jobs = state.app.imports.list_tasks(&caller).await?;
+    let tasks: Vec<Value> = jobs
+        .iter()
+        .map(|job| {
+            // The list shows the summary Glance shows: no input, result or message.
+            let mut task = task_json(job);
+            if let Some(map) = task.as_object_mut() {
+                for detail in ["input", "result", "message"] {
+                    map.remove(detail);
+                }
+            }
+            task
+        })
+        .collect();
+    Ok(Json(
+        json!({"tasks": tasks, "first": "/v2/tasks", "schema": "/v2/schemas/tasks"}),
+    ))
+}
+
+/// `POST /v2/tasks` (the legacy `import` task): validates the input, refuses a URL the import
+/// policy refuses (400, as Glance does since bug 2152110), creates the image from
+/// `image_properties` and runs a web-download import into it. 201 with the task.
+pub async fn create_task(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let map = read_json_object(&headers, body, state.app.config.limits.max_json_body).await?;
+    if map.get("type").and_then(Value::as_str) != Some("import") {
+        return Err(ApiError::invalid("Task type must be 'import'."));
+    }
+    let input = map
+        .get("input")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::invalid("Task input must be an object."))?;
+    let uri = input
+        .get("import_from")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("Task input needs 'import_from'."))?;
+    let properties = match input.get("image_properties") {
+        None => serde_json::Map::new(),
+        Some(Value::Object(p)) => p.clone(),
+        Some(_) => return Err(ApiError::invalid("'image_properties' must be an object.")),
+    };
+    state.app.imports.check_source(uri).await?;
+    let attrs: Vec<(String, _)> = properties
+        .iter()
+        .map(|(k, v)| (k.clone(), attr_value(v)))
+        .collect();
+    let image = state.app.images.create(&caller, &attrs).await?;
+    let request = ImportRequest {
+        method: ImportMethod::WebDownload,
+        uri: Some(uri.to_owned()),
+    };
+    let job = state
+        .app
+        .imports
+        .import(&caller, image.id, request, Some(request_id.0))
+        .await?;
+    Ok((StatusCode::CREATED, Json(task_json(&job))))
+}
+
+/// `GET /v2/tasks/{id}`.
+pub async fn show_task(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::new(ErrorKind::NotFound, format!("Task {id} not found")))?;
+    let job = state.app.imports.get_task(&caller, id).await?;
+    Ok(Json(task_json(&job)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_bodies() {
+        let ok = parse_import(&json!({"method": {"name": "glance-direct"}})).unwrap();
+        assert_eq!(ok.method, ImportMethod::GlanceDirect);
+        let web =
+            parse_import(&json!({"method": {"name": "web-download", "uri": "http://x/"}})).unwrap();
+        assert_eq!(web.uri.as_deref(), Some("http://x/"));
+        for bad in [
+            json!({}),
+            json!({"method": "glance-direct"}),
+            json!({"method": {"name": "bogus"}}),
+            json!({"method": {"name": "web-download", "uri": 5}}),
+        ] {
+            assert!(parse_import(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_job_status_has_a_task_status() {
+        let names: Vec<_> = JobStatus::ALL.into_iter().map(task_status).collect();
+        assert_eq!(names, ["pending", "processing", "success", "failure"]);
+    }
+}
