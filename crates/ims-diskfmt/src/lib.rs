@@ -15,6 +15,10 @@ mod vdi;
 mod vmdk;
 pub mod write;
 
+mod vhd;
+mod vhdx;
+mod zvhd;
+
 use std::fmt;
 use std::io;
 

@@ -91,7 +91,59 @@ impl DiskError {
         }
     }
 
+    pub(crate) fn too_large(
+        format: Format,
+        structure: &'static str,
+        value: u64,
+        limit: u64,
+    ) -> DiskError {
+        DiskError::TooLarge {
+            format,
+            structure,
+            value,
+            limit,
+        }
+    }
+
     pub(crate) fn unsupported(what: impl Into<String>) -> DiskError {
         DiskError::Unsupported { what: what.into() }
+    }
+}
+
+/// A structure that failed validation, before it is known whether a reader or the probe asked
+/// (parsers shared by both return it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invalid {
+    pub format: Format,
+    pub structure: &'static str,
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub(crate) fn new(
+        format: Format,
+        structure: &'static str,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Invalid {
+        Invalid {
+            format,
+            structure,
+            offset,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<Invalid> for DiskError {
+    fn from(e: Invalid) -> DiskError {
+        DiskError::corrupt(e.format, e.structure, e.offset, e.reason)
+    }
+}
+
+impl From<Invalid> for crate::probe::ProbeError {
+    fn from(e: Invalid) -> crate::probe::ProbeError {
+        crate::probe::ProbeError::invalid(e.format, e.structure, e.offset, e.reason)
     }
 }

@@ -14,6 +14,7 @@ mod raw;
 
 use std::sync::Arc;
 
+pub(crate) use error::Invalid;
 pub use error::{DiskError, DiskErrorKind};
 
 use crate::{Format, ReadAt};
@@ -132,6 +133,18 @@ pub fn open(
         Format::Qcow2 => Ok(Box::new(crate::qcow2::Qcow2Disk::open(source, options)?)),
         Format::Qcow => Ok(Box::new(crate::qcow::QcowDisk::open(source, options)?)),
         Format::Qed => Ok(Box::new(crate::qed::QedDisk::open(source, options)?)),
+        Format::Vhd => Ok(Box::new(crate::vhd::reader::VhdDisk::open(
+            source, options,
+        )?)),
+        Format::Vhdx => Ok(Box::new(crate::vhdx::reader::VhdxDisk::open(
+            source, options,
+        )?)),
+        Format::Zvhd => Ok(Box::new(crate::zvhd::reader::ZvhdDisk::open(
+            source, options,
+        )?)),
+        Format::Zvhd2 => Ok(Box::new(crate::zvhd::reader::Zvhd2Disk::open(
+            source, options,
+        )?)),
         other => Err(DiskError::unsupported(format!(
             "reading {other} images is not implemented yet"
         ))),
@@ -183,4 +196,19 @@ pub(crate) fn read_exact_at(
         done += n;
     }
     Ok(())
+}
+
+/// [`read_exact_at`] into a new vector of `len` bytes (callers bound `len` first).
+pub(crate) fn read_vec_at(
+    source: &dyn ReadAt,
+    format: Format,
+    structure: &'static str,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, DiskError> {
+    let len = usize::try_from(len)
+        .map_err(|_| DiskError::too_large(format, structure, len, usize::MAX as u64))?;
+    let mut buf = vec![0u8; len];
+    read_exact_at(source, format, structure, offset, &mut buf)?;
+    Ok(buf)
 }

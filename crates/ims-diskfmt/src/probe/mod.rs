@@ -14,7 +14,7 @@ mod luks;
 mod qcow;
 mod qcow2;
 mod qed;
-mod source;
+pub(crate) mod source;
 mod vdi;
 mod vhd;
 mod vhdx;

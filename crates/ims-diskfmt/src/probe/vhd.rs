@@ -1,93 +1,18 @@
 //! VHD ("vpc") inspection: the big-endian footer, the dynamic header and its BAT, and the
 //! parent fields of differencing disks.
 
-use zerocopy::byteorder::{BigEndian, U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
-
-use super::source::{Source, lossy_name, parse_prefix, utf16_name};
+use super::source::{Source, lossy_name, utf16_name};
 use super::{Detection, FileReference, Probe, ProbeError, ReferenceKind};
 use crate::Format;
+use crate::vhd::header::{DynamicHeaderRaw, FOOTER_LEN, SECTOR, UNALLOCATED};
+use crate::vhd::parser::{DiskType, Footer, parse_dynamic, parse_footer};
 
-const COOKIE: [u8; 8] = *b"conectix";
-const DYNAMIC_COOKIE: [u8; 8] = *b"cxsparse";
-const FOOTER_LEN: u64 = 512;
-const SECTOR: u64 = 512;
-const TYPE_FIXED: u32 = 2;
-const TYPE_DYNAMIC: u32 = 3;
-const TYPE_DIFFERENCING: u32 = 4;
 pub(crate) const FIXED: &str = "fixed";
-/// qemu: "Too many blocks" above INT_MAX / 4 BAT entries.
-const MAX_TABLE_ENTRIES: u32 = (i32::MAX / 4) as u32;
-/// qemu's maximum CHS: such a footer's size comes from current_size.
-const MAX_CHS: (u16, u8, u8) = (65535, 16, 255);
 /// Parent locator data longer than this is not a path.
 const MAX_LOCATOR_BYTES: u32 = 4096;
-const UNALLOCATED: u32 = u32::MAX;
-
-/// The 512-byte footer (big-endian), up to the unique id and saved-state byte.
-#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-struct FooterRaw {
-    cookie: [u8; 8],
-    features: U32<BigEndian>,
-    version: U32<BigEndian>,
-    data_offset: U64<BigEndian>,
-    timestamp: U32<BigEndian>,
-    creator_app: [u8; 4],
-    creator_version: U32<BigEndian>,
-    creator_os: [u8; 4],
-    original_size: U64<BigEndian>,
-    current_size: U64<BigEndian>,
-    cylinders: U16<BigEndian>,
-    heads: u8,
-    sectors_per_track: u8,
-    disk_type: U32<BigEndian>,
-    checksum: U32<BigEndian>,
-    unique_id: [u8; 16],
-    saved_state: u8,
-}
-
-/// One of the eight parent locator entries of the dynamic header.
-#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-struct LocatorRaw {
-    platform_code: [u8; 4],
-    data_space: U32<BigEndian>,
-    data_length: U32<BigEndian>,
-    reserved: U32<BigEndian>,
-    data_offset: U64<BigEndian>,
-}
-
-/// The 1024-byte dynamic disk header (big-endian).
-#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
-#[repr(C)]
-struct DynamicHeaderRaw {
-    cookie: [u8; 8],
-    data_offset: U64<BigEndian>,
-    table_offset: U64<BigEndian>,
-    header_version: U32<BigEndian>,
-    max_table_entries: U32<BigEndian>,
-    block_size: U32<BigEndian>,
-    checksum: U32<BigEndian>,
-    parent_unique_id: [u8; 16],
-    parent_timestamp: U32<BigEndian>,
-    reserved: U32<BigEndian>,
-    parent_unicode_name: [u8; 512],
-    parent_locators: [LocatorRaw; 8],
-}
 
 fn invalid(structure: &'static str, offset: u64, reason: impl Into<String>) -> ProbeError {
     ProbeError::invalid(Format::Vhd, structure, offset, reason)
-}
-
-/// `~(sum of the bytes)` with the 4-byte checksum field at `field` counted as zero.
-pub(crate) fn ones_complement_sum(bytes: &[u8], field: usize) -> u32 {
-    let sum = bytes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !(field..field + 4).contains(i))
-        .fold(0u32, |sum, (_, &b)| sum.wrapping_add(u32::from(b)));
-    !sum
 }
 
 pub(crate) fn detect(src: &Source) -> Detection {
@@ -99,31 +24,20 @@ pub(crate) fn detect(src: &Source) -> Detection {
     let end_offset = len - FOOTER_LEN;
     let at_end = src.read("vhd footer", end_offset, FOOTER_LEN)?;
     let at_start = src.read("vhd footer copy", 0, FOOTER_LEN)?;
-    let (footer_offset, bytes) = if at_end[..8] == COOKIE {
+    let (footer_offset, bytes) = if at_end[..8] == crate::vhd::header::COOKIE {
         (end_offset, at_end)
-    } else if at_start[..8] == COOKIE {
+    } else if at_start[..8] == crate::vhd::header::COOKIE {
         (0, at_start)
     } else {
         return Ok(None);
     };
-    let footer: FooterRaw = parse_prefix("vhd footer", footer_offset, &bytes)?;
-    let expected = ones_complement_sum(&bytes, 64);
-    if footer.checksum.get() != expected {
-        return Err(invalid(
-            "footer",
-            footer_offset,
-            format!(
-                "checksum {:#010x} does not match the computed {expected:#010x}",
-                footer.checksum.get()
-            ),
-        ));
-    }
+    let footer = parse_footer(&bytes, footer_offset)?;
     let mut found = Probe::new(Format::Vhd);
-    found.virtual_size = Some(virtual_size(&footer));
-    match footer.disk_type.get() {
-        TYPE_FIXED => {
-            found.subformat = Some(FIXED.into());
-            let size = footer.current_size.get();
+    found.virtual_size = Some(footer.virtual_size);
+    found.subformat = Some(footer.disk_type.as_str().into());
+    match footer.disk_type {
+        DiskType::Fixed => {
+            let size = footer.virtual_size;
             if footer_offset != end_offset || size > end_offset {
                 return Err(invalid(
                     "footer",
@@ -132,86 +46,19 @@ pub(crate) fn detect(src: &Source) -> Detection {
                 ));
             }
         }
-        kind @ (TYPE_DYNAMIC | TYPE_DIFFERENCING) => {
-            let differencing = kind == TYPE_DIFFERENCING;
-            found.subformat = Some(
-                if differencing {
-                    "differencing"
-                } else {
-                    "dynamic"
-                }
-                .into(),
-            );
-            dynamic(src, &footer, differencing, &mut found)?;
-        }
-        other => {
-            return Err(invalid(
-                "footer",
-                footer_offset + 60,
-                format!("unknown disk type {other}"),
-            ));
+        DiskType::Dynamic | DiskType::Differencing => {
+            dynamic(src, &footer, &mut found)?;
         }
     }
     Ok(Some(found))
 }
 
-/// qemu ≥ 10: C·H·S·512 for creators "vpc " and "qemu" unless CHS is the maximum; otherwise
-/// current_size.
-fn virtual_size(footer: &FooterRaw) -> u64 {
-    let chs = (
-        footer.cylinders.get(),
-        footer.heads,
-        footer.sectors_per_track,
-    );
-    let chs_creator = matches!(&footer.creator_app, b"vpc " | b"qemu");
-    if chs_creator && chs != MAX_CHS {
-        u64::from(chs.0) * u64::from(chs.1) * u64::from(chs.2) * SECTOR
-    } else {
-        footer.current_size.get()
-    }
-}
-
-fn dynamic(
-    src: &Source,
-    footer: &FooterRaw,
-    differencing: bool,
-    found: &mut Probe,
-) -> Result<(), ProbeError> {
-    let offset = footer.data_offset.get();
-    let header: DynamicHeaderRaw = src.read_struct("vhd dynamic header", offset)?;
-    if header.cookie != DYNAMIC_COOKIE {
-        return Err(invalid(
-            "dynamic header",
-            offset,
-            "cookie is not 'cxsparse'",
-        ));
-    }
-    let block_size = header.block_size.get();
-    if !block_size.is_power_of_two() || u64::from(block_size) < SECTOR {
-        return Err(invalid(
-            "dynamic header",
-            offset + 32,
-            format!("block size {block_size} is not a power of 2 of at least 512"),
-        ));
-    }
-    let entries = header.max_table_entries.get();
-    if entries > MAX_TABLE_ENTRIES {
-        return Err(invalid(
-            "dynamic header",
-            offset + 28,
-            format!("{entries} BAT entries exceed {MAX_TABLE_ENTRIES}"),
-        ));
-    }
-    let size = footer.current_size.get();
-    if u64::from(entries) * u64::from(block_size) < size {
-        return Err(invalid(
-            "dynamic header",
-            offset + 28,
-            format!("{entries} blocks of {block_size} bytes cannot hold {size} bytes"),
-        ));
-    }
-    check_bat(src, header.table_offset.get(), entries, block_size)?;
-    if differencing {
+fn dynamic(src: &Source, footer: &Footer, found: &mut Probe) -> Result<(), ProbeError> {
+    let offset = footer.raw.data_offset.get();
+    let bytes = src.read("vhd dynamic header", offset, 1024)?;
+    let (header, layout) = parse_dynamic(&bytes, offset, footer.virtual_size)?;
+    check_bat(src, layout.table_offset, layout.entries, layout.block_size)?;
+    if footer.disk_type == DiskType::Differencing {
         parents(src, &header, found);
     }
     Ok(())
@@ -312,6 +159,7 @@ fn parents(src: &Source, header: &DynamicHeaderRaw, found: &mut Probe) {
 mod tests {
     use super::*;
     use crate::probe::probe;
+    use crate::vhd::header::{TYPE_DIFFERENCING, TYPE_DYNAMIC, TYPE_FIXED, ones_complement_sum};
 
     /// A footer: creator "qemu", 1 MiB current size, CHS 16/4/32 (= 1 MiB), given type.
     fn footer(disk_type: u32, data_offset: u64) -> [u8; 512] {

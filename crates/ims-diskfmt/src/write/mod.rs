@@ -9,12 +9,14 @@
 //!
 //! Format writers live in one module each and are reached through [`create`].
 
+mod derive;
 pub(crate) mod qemu_options;
 mod sink;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub(crate) use derive::derived_id;
 pub use sink::{MemorySink, Sink};
 
 use crate::Format;
@@ -71,8 +73,28 @@ pub fn create(
         Format::Qed => crate::qed::create(sink, virtual_size, options),
         Format::Vmdk => crate::vmdk::writer::create(sink, virtual_size, options),
         Format::Vdi => crate::vdi::writer::create(sink, virtual_size, options),
-        _ => Err(DiskError::Unsupported {
-            what: format!("writing {format} images is not implemented yet"),
+        Format::Vhd => Ok(Box::new(crate::vhd::writer::VhdWriter::create(
+            sink,
+            virtual_size,
+            options,
+        )?)),
+        Format::Vhdx => Ok(Box::new(crate::vhdx::writer::VhdxWriter::create(
+            sink,
+            virtual_size,
+            options,
+        )?)),
+        Format::Zvhd => Ok(Box::new(crate::zvhd::writer::ZvhdWriter::create(
+            sink,
+            virtual_size,
+            options,
+        )?)),
+        Format::Zvhd2 => Ok(Box::new(crate::zvhd::writer::Zvhd2Writer::create(
+            sink,
+            virtual_size,
+            options,
+        )?)),
+        other => Err(DiskError::Unsupported {
+            what: format!("writing {other} images is not implemented yet"),
         }),
     }
 }
