@@ -192,6 +192,7 @@ fn vhd_writer_matches_qemu() {
         std::fs::read(dir.join("dynamic.vhd")).unwrap(),
         std::fs::read(&again).unwrap()
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -233,6 +234,7 @@ fn vhdx_writer_passes_qemu_check_and_compare() {
         std::fs::read(dir.join("dynamic.vhdx")).unwrap(),
         std::fs::read(&again).unwrap()
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn python_check(image: &Path) -> String {
@@ -284,6 +286,7 @@ fn zvhd_writers_read_back_here_and_in_python() {
         std::fs::read(dir.join("zstd.zvhd2")).unwrap(),
         std::fs::read(&again).unwrap()
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
