@@ -6,6 +6,7 @@
 //! Two entry points: [`probe::probe`], the upload inspector (headers only, bounded windows),
 //! and [`disk::open`], random-access readers of the virtual content.
 
+pub mod convert;
 pub mod disk;
 pub mod probe;
 mod qcow;

@@ -11,6 +11,7 @@
 
 mod derive;
 pub(crate) mod qemu_options;
+mod raw;
 mod sink;
 
 use std::collections::BTreeMap;
@@ -56,6 +57,22 @@ pub trait DiskWriter: Send {
         encoded: Option<Vec<u8>>,
     ) -> Result<(), DiskError>;
 
+    /// Writes a run of consecutive blocks (`data.len()` a multiple of the block size, except
+    /// for a run that ends the disk) starting at `offset`. Called instead of `write_block`
+    /// only when the writer has no encoder; the default hands each block to `write_block`.
+    /// Writers that can store a run with one large write (raw) override it.
+    fn write_blocks(&mut self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        let block = usize::try_from(self.block_size())
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let mut at = offset;
+        for chunk in data.chunks(block) {
+            self.write_block(at, chunk, None)?;
+            at += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Writes the remaining metadata (tables, footers) and flushes the sink.
     fn finish(self: Box<Self>) -> Result<(), DiskError>;
 }
@@ -93,6 +110,7 @@ pub fn create(
             virtual_size,
             options,
         )?)),
+        Format::Raw => Ok(Box::new(raw::RawWriter::new(sink, virtual_size, options)?)),
         other => Err(DiskError::Unsupported {
             what: format!("writing {other} images is not implemented yet"),
         }),
