@@ -1,4 +1,7 @@
-//! `ims img …`: offline commands on local image files (today: `inspect`, the guest OS facts).
+//! `ims img …`: offline commands on local image files: `inspect` (the guest OS facts) and the
+//! qemu-img-like `info|check|map|compare|convert|create` (in `img/disk.rs`).
+
+mod disk;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +20,19 @@ pub struct ImgArgs {
 
 #[derive(Subcommand, Debug)]
 enum ImgCommand {
+    /// Show an image's format, sizes and the files it references (never opened).
+    Info(disk::InfoArgs),
+    /// Check an image's metadata. Exit: 0 clean, 2 corrupt, 3 leaks only, 63 no check for
+    /// this format, 1 error.
+    Check(disk::CheckArgs),
+    /// List the data and zero extents of the virtual disk.
+    Map(disk::MapArgs),
+    /// Compare two images' virtual content. Exit: 0 identical, 1 different, 2 error.
+    Compare(disk::CompareArgs),
+    /// Convert an image to another format (all cores; `-c` compresses, `-p` shows progress).
+    Convert(disk::ConvertArgs),
+    /// Create an empty image.
+    Create(disk::CreateArgs),
     /// Read a disk image's partitions, filesystems and operating system without booting it.
     Inspect {
         /// The image file, in any format `ims-diskfmt` reads (images referring to other files are
@@ -35,6 +51,12 @@ enum OutputFormat {
 
 pub fn run(args: ImgArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        ImgCommand::Info(args) => disk::info(args),
+        ImgCommand::Check(args) => disk::check(args),
+        ImgCommand::Map(args) => disk::map(args),
+        ImgCommand::Compare(args) => disk::compare(args),
+        ImgCommand::Convert(args) => disk::convert(args),
+        ImgCommand::Create(args) => disk::create(args),
         ImgCommand::Inspect { image, format } => {
             let started = Instant::now();
             let inspection = ims_guest::inspect_path(&image)
