@@ -200,6 +200,8 @@ stage_deps() {
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   command -v qemu-img >/dev/null || missing+=(qemu-utils)
   command -v curl >/dev/null || missing+=(curl)
+  # ims-cli's tests/img.rs proves with strace that unsafe images never open referenced files.
+  command -v strace >/dev/null || missing+=(strace)
   if ((${#missing[@]})); then
     log "installing: ${missing[*]}"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

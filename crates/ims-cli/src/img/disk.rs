@@ -167,7 +167,10 @@ fn detect(path: &Path, declared: Option<&str>) -> anyhow::Result<Opened> {
     let format = match (&found, declared) {
         (Ok(p), None) => p.format,
         (Ok(p), Some(want)) => {
-            let raw_like = matches!(p.format, Format::Raw | Format::Iso | Format::Gpt | Format::Luks);
+            let raw_like = matches!(
+                p.format,
+                Format::Raw | Format::Iso | Format::Gpt | Format::Luks
+            );
             if want == p.format || (want == Format::Raw && raw_like) {
                 want
             } else {
@@ -226,7 +229,10 @@ fn is_not_implemented(error: &DiskError) -> bool {
 
 /// qemu-img's `info --output=json` keys, plus `references` (every file the image names).
 fn info_json(opened: &Opened, disk: Option<&dyn Disk>) -> anyhow::Result<Value> {
-    let metadata = opened.file.metadata().context("reading the file's metadata")?;
+    let metadata = opened
+        .file
+        .metadata()
+        .context("reading the file's metadata")?;
     let mut doc = Map::new();
     let virtual_size = match (disk, &opened.probe) {
         (Some(d), _) => Some(d.virtual_size()),
@@ -279,9 +285,11 @@ fn info_json(opened: &Opened, disk: Option<&dyn Disk>) -> anyhow::Result<Value> 
         data.insert("subformat".into(), json!(sub));
     }
     for (key, value) in &info.details {
-        // Values are JSON literals' text: numbers and booleans stay unquoted.
+        // Values are JSON literals' text: integers, booleans, lists and objects stay JSON;
+        // anything else (including "1.1", a version, not a number) is a string.
         let parsed = match serde_json::from_str::<Value>(value) {
-            Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
+            Ok(Value::Number(n)) if n.is_u64() || n.is_i64() => Value::Number(n),
+            Ok(v @ (Value::Bool(_) | Value::Array(_) | Value::Object(_))) => v,
             _ => json!(value),
         };
         data.insert(key.clone(), parsed);
@@ -493,8 +501,12 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let run = || -> anyhow::Result<Comparison> {
         let a = detect(&args.first, args.format_a.as_deref())?;
         let b = detect(&args.second, args.format_b.as_deref())?;
-        let disk_a = a.open(args.lenient).map_err(|e| describe_open_error(&a, &e))?;
-        let disk_b = b.open(args.lenient).map_err(|e| describe_open_error(&b, &e))?;
+        let disk_a = a
+            .open(args.lenient)
+            .map_err(|e| describe_open_error(&a, &e))?;
+        let disk_b = b
+            .open(args.lenient)
+            .map_err(|e| describe_open_error(&b, &e))?;
         convert::compare(disk_a.as_ref(), disk_b.as_ref(), args.strict)
             .map_err(|e| anyhow!("{e}").context("comparing"))
     };
@@ -524,11 +536,16 @@ fn create_options(options: &[String], compress: bool) -> anyhow::Result<CreateOp
         compress,
         ..CreateOptions::default()
     };
-    for item in options.iter().flat_map(|o| o.split(',')).filter(|s| !s.is_empty()) {
+    for item in options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|s| !s.is_empty())
+    {
         let (key, value) = item
             .split_once('=')
             .ok_or_else(|| anyhow!("option {item:?} is not key=value"))?;
-        out.options.insert(key.trim().to_owned(), value.trim().to_owned());
+        out.options
+            .insert(key.trim().to_owned(), value.trim().to_owned());
     }
     Ok(out)
 }
@@ -597,10 +614,7 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         );
         bar.finish_and_clear();
         result.map_err(|e: ConvertError| {
-            anyhow!("{e}").context(format!(
-                "converting {} to {target}",
-                opened.path.display()
-            ))
+            anyhow!("{e}").context(format!("converting {} to {target}", opened.path.display()))
         })?;
         Ok(())
     })();
@@ -685,8 +699,8 @@ mod tests {
 
     #[test]
     fn options_split_on_commas_and_repeat() {
-        let o = create_options(&["compat=1.1,cluster_size=4096".into(), "a=b".into()], true)
-            .unwrap();
+        let o =
+            create_options(&["compat=1.1,cluster_size=4096".into(), "a=b".into()], true).unwrap();
         assert_eq!(o.options.len(), 3);
         assert_eq!(o.options["cluster_size"], "4096");
         assert!(o.compress);
