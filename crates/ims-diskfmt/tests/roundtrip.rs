@@ -31,7 +31,7 @@ use ims_diskfmt::disk::{Disk, DiskError, OpenOptions, open};
 use ims_diskfmt::write::{CreateOptions, create};
 
 /// Formats whose writer is still being written (names as `Format::as_str`).
-const PENDING_WRITERS: &[&str] = &["vhd", "vhdx", "zvhd", "zvhd2"];
+const PENDING_WRITERS: &[&str] = &[];
 
 /// Allowance for metadata (tables, headers, footers) in the sparseness check.
 const METADATA_SLACK: u64 = 4 << 20;
