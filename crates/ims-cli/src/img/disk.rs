@@ -208,11 +208,18 @@ fn describe_open_error(opened: &Opened, error: &DiskError) -> anyhow::Error {
 
 pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
     let opened = detect(&args.source.filename, args.source.format.as_deref())?;
-    // A reader refuses images with references; info still reports them, from the probe.
+    // A reader refuses images with references and encrypted ones (no key handling); info
+    // still reports them, from the probe, like qemu-img info does.
     let disk = match opened.open(args.source.lenient) {
         Ok(disk) => Some(disk),
-        Err(e) if matches!(e.kind(), DiskErrorKind::Reference) && opened.probe.is_some() => None,
-        Err(e) if is_not_implemented(&e) && opened.probe.is_some() => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                DiskErrorKind::Reference | DiskErrorKind::Unsupported
+            ) && opened.probe.is_some() =>
+        {
+            None
+        }
         Err(e) => return Err(describe_open_error(&opened, &e)),
     };
     let doc = info_json(&opened, disk.as_deref())?;
@@ -221,10 +228,6 @@ pub fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
         Output::Human => print_info_human(&doc),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn is_not_implemented(error: &DiskError) -> bool {
-    matches!(error, DiskError::Unsupported { what } if what.contains("not implemented"))
 }
 
 /// qemu-img's `info --output=json` keys, plus `references` (every file the image names).
