@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use ims_domain::os_catalog::EndOfLife;
 use ims_guest::Inspection;
 use serde_json::{Value, json};
 
@@ -75,6 +76,7 @@ pub fn run(args: ImgArgs) -> anyhow::Result<ExitCode> {
 fn to_json(i: &Inspection, elapsed_ms: f64) -> Value {
     let f = i.facts();
     let root = i.root.as_ref();
+    let seed = i.seed_os();
     json!({
         "os_type": f.map(|f| f.os_type.as_str()),
         "distro": f.and_then(|f| f.distro.clone()),
@@ -97,7 +99,17 @@ fn to_json(i: &Inspection, elapsed_ms: f64) -> Value {
         "kernels": f.map(|f| f.kernels.clone()).unwrap_or_default(),
         "package_format": f.and_then(|f| f.package_format.clone()),
         "package_manager": f.and_then(|f| f.package_manager.clone()),
-        "seed_os_version": i.seed_os_version(),
+        "seed_os_version": seed.as_ref().map(|s| s.os_version.clone()),
+        "seed_platform": seed.as_ref().map(|s| s.platform),
+        "seed_supported": seed.as_ref().map(|s| s.listed),
+        "seed_uefi_supported": seed.as_ref().map(|s| s.uefi_listed),
+        "seed_end_of_life": seed.as_ref().and_then(|s| s.end_of_life).map(|e| match e {
+            EndOfLife::On(d) => d.to_string(),
+            EndOfLife::Stopped => "stopped".to_string(),
+        }),
+        "seed_past_end_of_life": seed
+            .as_ref()
+            .and_then(|s| s.past_end_of_life(ims_domain::now().date())),
         "efi_loaders": i.efi_loaders,
         "disk_format": i.disk_format,
         "virtual_size": i.virtual_size,

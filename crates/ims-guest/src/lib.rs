@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use ims_diskfmt::disk::{Disk, DiskErrorKind, OpenOptions};
 use ims_diskfmt::{Format, ReadAt};
+use ims_domain::os_catalog::{self, CatalogArch, CatalogOsType, EndOfLife};
 
 pub use error::{GuestError, Result};
 pub use fs::FsKind;
@@ -98,26 +99,91 @@ impl Inspection {
         self.root.as_ref().map(|r| &r.facts)
     }
 
-    /// A candidate `__os_version` in the seed's naming (`CentOS 7.9 64bit`,
-    /// `Ubuntu 22.04 server 64bit`); not yet checked against the seed's support list.
-    pub fn seed_os_version(&self) -> Option<String> {
+    /// What the seed's OS catalogue (`ims_domain::os_catalog`) says about the OS found:
+    /// its `__os_version` (or the `Other Linux(64 bit)`-style fallback), whether it is on the
+    /// import list for its architecture, on the UEFI list, and its end of support.
+    pub fn seed_os(&self) -> Option<SeedOs> {
         let f = self.facts()?;
         let bits = f.bits.unwrap_or(64);
-        let v = f.version.as_deref().unwrap_or("");
-        Some(match f.distro.as_deref()? {
-            "windows" => format!("{} {bits}bit", f.product_name.as_deref()?),
-            "ubuntu" => format!("Ubuntu {v} server {bits}bit"),
-            "centos" => format!("CentOS {v} {bits}bit"),
-            "debian" => format!("Debian GNU/Linux {v} {bits}bit"),
-            "openeuler" => format!("openEuler {v} {bits}bit"),
-            "rhel" => format!("Red Hat Linux {v} {bits}bit"),
-            "rocky" => format!("Rocky Linux {v} {bits}bit"),
-            "almalinux" => format!("AlmaLinux {v} {bits}bit"),
-            "fedora" => format!("Fedora {v} {bits}bit"),
-            "sles" => format!("SUSE Linux Enterprise Server {v} {bits}bit"),
-            "opensuse-leap" => format!("OpenSUSE {v} {bits}bit"),
-            _ => format!("Other Linux({bits} bit)"),
+        let arch = f
+            .arch
+            .as_deref()
+            .and_then(CatalogArch::from_arch)
+            .unwrap_or(CatalogArch::X86);
+        let found = match (f.os_type, f.distro.as_deref()) {
+            (OsType::Windows, _) => f
+                .product_name
+                .as_deref()
+                .and_then(|p| os_catalog::find_windows(p, bits)),
+            (_, Some(distro)) => f
+                .version
+                .as_deref()
+                .and_then(|v| os_catalog::find(distro, v, bits, arch)),
+            (_, None) => None,
+        };
+        let os_type = match f.os_type {
+            OsType::Linux => CatalogOsType::Linux,
+            OsType::Windows => CatalogOsType::Windows,
+            OsType::Other => CatalogOsType::Other,
+        };
+        Some(match found {
+            Some(m) => SeedOs {
+                os_version: m.entry.name.clone(),
+                os_type: m.entry.os_type,
+                platform: m.entry.platform,
+                bits,
+                listed: true,
+                exact: m.exact,
+                uefi_listed: m.entry.uefi,
+                end_of_life: m.entry.end_of_life(),
+            },
+            None => SeedOs {
+                os_version: os_catalog::other_name(os_type, bits),
+                os_type,
+                platform: match os_type {
+                    CatalogOsType::Windows => "Windows",
+                    _ => "Other",
+                },
+                bits,
+                listed: false,
+                exact: false,
+                uefi_listed: false,
+                end_of_life: None,
+            },
         })
+    }
+
+    /// The `__os_version` to register the image with (see [`Inspection::seed_os`]).
+    pub fn seed_os_version(&self) -> Option<String> {
+        self.seed_os().map(|s| s.os_version)
+    }
+}
+
+/// The inspected OS as the seed's catalogue names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedOs {
+    /// `__os_version`: `CentOS 7.9 64bit`, or `Other Linux(64 bit)` when not listed.
+    pub os_version: String,
+    /// `__os_type`.
+    pub os_type: CatalogOsType,
+    /// `__platform`.
+    pub platform: &'static str,
+    /// `__os_bit`.
+    pub bits: u8,
+    /// On the seed's import list for the guest's architecture (tables 7-9 / 7-10).
+    pub listed: bool,
+    /// The detected version is exactly the listed one (not another point release of it).
+    pub exact: bool,
+    /// On the seed's UEFI list (table 7-11).
+    pub uefi_listed: bool,
+    /// The seed's end of support for this release, when it gives one.
+    pub end_of_life: Option<EndOfLife>,
+}
+
+impl SeedOs {
+    /// Whether `today` is past the end of support; `None` when the seed gives no date.
+    pub fn past_end_of_life(&self, today: time::Date) -> Option<bool> {
+        self.end_of_life.map(|e| e.is_past(today))
     }
 }
 

@@ -18,6 +18,19 @@ const NOT_YET_SUPPORTED: &[(&str, &str)] = &[(
      UnsupportedDiskFormat { format: \"qcow2\", .. }",
 )];
 
+/// The seed `__os_version` each image must map to (first matching file-name prefix wins):
+/// listed releases by their catalogue name, unlisted ones (i386 Debian, Windows 7) by the
+/// `Other …` fallback.
+const SEED_OS_VERSIONS: &[(&str, &str)] = &[
+    ("centos7-", "CentOS 7.9 64bit"),
+    ("debian12-i386-", "Other Linux(32 bit)"),
+    ("debian12-", "Debian GNU/Linux 12.0.0 64bit"),
+    ("openeuler2203-", "openEuler 22.03 64bit"),
+    ("ubuntu2204-", "Ubuntu 22.04 server 64bit"),
+    ("windows2022-", "Windows Server 2022 Datacenter 64bit"),
+    ("windows7-", "Other Windows(32 bit)"),
+];
+
 fn expected_manifest(images: &Path) -> PathBuf {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/fixtures/os-images-expected/MANIFEST.tsv");
@@ -93,6 +106,16 @@ fn compare(row: &Row, i: &Inspection) -> Vec<String> {
         Some(other) => other,
     };
     check("cloud_init", c("cloud_init"), cloud);
+    if let Some((_, want)) = SEED_OS_VERSIONS
+        .iter()
+        .find(|(prefix, _)| row.file.starts_with(prefix))
+    {
+        check(
+            "seed_os_version",
+            want,
+            &i.seed_os_version().unwrap_or_default(),
+        );
+    }
     // Windows rows read "10.0 (Server 2022 Datacenter, build 20348)".
     let want_version = c("version");
     let (version, detail) = match want_version.split_once(" (") {
