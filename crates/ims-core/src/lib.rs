@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod gc;
+pub mod guest;
 pub mod identity;
 pub mod images;
 pub mod import;

@@ -108,6 +108,15 @@ impl ImageService {
             }
         };
 
+        // The data is durable and of the declared format: learn the OS inside (bounded; a
+        // failure only means no properties are filled).
+        let os_properties = match virtual_size {
+            Some(_) if bare => {
+                crate::guest::inspect_blob(self.blobs.clone(), key.clone(), size, id).await
+            }
+            _ => None,
+        };
+
         let data = ImageData {
             blob_key: key.as_str().to_string(),
             store: self.store_name.clone(),
@@ -130,6 +139,9 @@ impl ImageService {
                 }
                 image.transition(ImageStatus::Active)?;
                 image.data = Some(data.clone());
+                if let Some(found) = &os_properties {
+                    crate::guest::fill_os_properties(&mut image.properties, found);
+                }
                 Ok(())
             })
             .await;
