@@ -186,7 +186,10 @@ async fn upload_of_a_real_os_image_fills_its_os_properties() {
     )
     .await;
     let shown = upload_and_show(&router, &token, &id, data).await;
-    assert_eq!(shown["__os_version"], "Ubuntu 22.04 server 64bit", "{shown}");
+    assert_eq!(
+        shown["__os_version"], "Ubuntu 22.04 server 64bit",
+        "{shown}"
+    );
     assert_eq!(shown["__os_type"], "Linux");
     assert_eq!(shown["__os_bit"], "64");
     assert_eq!(shown["__platform"], "Ubuntu");

@@ -12,11 +12,7 @@ use ims_guest::{GuestError, Inspection};
 
 /// Images the inspector does not read yet, each with the reason. The test checks they are
 /// refused with exactly that error, so adding support makes it fail until this list shrinks.
-const NOT_YET_SUPPORTED: &[(&str, &str)] = &[(
-    "debian12-amd64-uefi-gpt-ext4-cloudinit.qcow2",
-    "qcow2 has no reader yet (ims-diskfmt grows one in the format-engine issue); refused as \
-     UnsupportedDiskFormat { format: \"qcow2\", .. }",
-)];
+const NOT_YET_SUPPORTED: &[(&str, &str)] = &[];
 
 /// The seed `__os_version` each image must map to (first matching file-name prefix wins):
 /// listed releases by their catalogue name, unlisted ones (i386 Debian, Windows 7) by the
