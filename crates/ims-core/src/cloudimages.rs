@@ -744,6 +744,15 @@ pub fn check_shareable(image: &Image) -> ServiceResult<()> {
     Ok(())
 }
 
+/// Why a bucket import or export fails: this deployment has no object storage for user buckets.
+/// `action` says what the job would have done, e.g. "read bucket:object".
+pub fn object_storage_unavailable(action: &str) -> ServiceError {
+    ServiceError::new(
+        ErrorKind::Unavailable,
+        format!("Object storage is not configured for this deployment: cannot {action}."),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

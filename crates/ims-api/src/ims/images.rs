@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ims_core::ServiceError;
 use ims_core::cloudimages::{
     CloudImageService, DATA_DISK_GB, ImsImageSpec, KvTag, QUICK_IMPORT_DISK_GB, SYSTEM_DISK_GB,
-    check_description, check_disk_gb, check_name, is_service_property,
+    check_description, check_disk_gb, check_name, is_service_property, object_storage_unavailable,
 };
 use ims_core::patch::{AttrValue, PatchDialect};
 use ims_domain::query::{MAX_LIST_LIMIT, MemberStatusFilter, VisibilityFilter};
@@ -262,12 +262,7 @@ async fn import_from_bucket(
     bucket: String,
     object: String,
 ) -> Result<Value, ServiceError> {
-    let failure = ServiceError::new(
-        ErrorKind::Unavailable,
-        format!(
-            "Object storage is not configured for this deployment: cannot read {bucket}:{object}."
-        ),
-    );
+    let failure = object_storage_unavailable(&format!("read {bucket}:{object}"));
     // A failed import leaves no image behind (IMS deletes the half-made record).
     if let Err(e) = cloud.images().delete(&caller, image_id).await {
         tracing::warn!(image_id = %image_id, error = %e.message, "removing a failed import's image");
@@ -501,12 +496,9 @@ pub async fn register_image(
     let name = image.name.clone().unwrap_or_default();
     let entities = json!({"image_id": id.to_string(), "image_name": name});
     let work = async move {
-        Err::<Value, _>(ServiceError::new(
-            ErrorKind::Unavailable,
-            format!(
-                "Object storage is not configured for this deployment: cannot read {bucket}:{object}."
-            ),
-        ))
+        Err::<Value, _>(object_storage_unavailable(&format!(
+            "read {bucket}:{object}"
+        )))
     };
     let job = cloud
         .start_job(&caller, "imsNativeImportImageJob", entities, work)
@@ -626,12 +618,9 @@ pub async fn export_image(
     let name = image.name.clone().unwrap_or_default();
     let entities = json!({"image_id": id.to_string(), "image_name": name});
     let work = async move {
-        Err::<Value, _>(ServiceError::new(
-            ErrorKind::Unavailable,
-            format!(
-                "Object storage is not configured for this deployment: cannot write {bucket}:{object} as {format}."
-            ),
-        ))
+        Err::<Value, _>(object_storage_unavailable(&format!(
+            "write {bucket}:{object} as {format}"
+        )))
     };
     let job = cloud
         .start_job(&caller, "imsNativeExportImageJob", entities, work)
