@@ -218,3 +218,126 @@ async fn a_token_works_too_and_images_are_shared_between_dialects() {
     assert_eq!(images[0]["__os_bit"], "64");
     assert_eq!(images[0]["__image_size"], "0");
 }
+
+/// Lists `/v2/cloudimages?<query>` with a token; the names of the images, sorted.
+async fn list_names(ims: &Ims, token: &str, query: &str) -> Result<Vec<String>, Reply> {
+    let reply = send(
+        &ims.router,
+        Request::get(format!("/v2/cloudimages?{query}"))
+            .header("x-auth-token", token)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    if reply.status != StatusCode::OK {
+        return Err(reply);
+    }
+    let mut names: Vec<String> = reply.json()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+async fn glance_create(ims: &Ims, token: &str, body: serde_json::Value) {
+    let create = Request::post("/v2/images")
+        .header("x-auth-token", token)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let created = send(&ims.router, create).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+}
+
+#[tokio::test]
+async fn enterprise_project_and_flavor_filters() {
+    let ims = setup().await;
+    let token = issue_token(&ims.router, "alice", "pw", "team").await;
+    let admin = issue_token(&ims.router, "admin", "adminpw", "admin").await;
+    let ep = uuid::Uuid::new_v4().to_string();
+    // `__os_version` makes them IMS images (the service fills in `__imagetype` and the rest).
+    let base = json!({"disk_format": "raw", "container_format": "bare",
+                      "__os_version": "CentOS 7.9 64bit"});
+    let with = |extra: serde_json::Value| {
+        let mut body = base.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    glance_create(
+        &ims,
+        &token,
+        with(json!({"name": "arm-ep", "architecture": "arm", "enterprise_project_id": ep})),
+    )
+    .await;
+    glance_create(
+        &ims,
+        &token,
+        with(json!({"name": "disk", "__support_diskintensive": "true"})),
+    )
+    .await;
+    glance_create(&ims, &token, with(json!({"name": "plain"}))).await;
+    glance_create(
+        &ims,
+        &admin,
+        with(json!({"name": "public-x86", "visibility": "public"})),
+    )
+    .await;
+
+    let names = |q: &'static str| list_names(&ims, &token, q);
+    let private = "__imagetype=private";
+    assert_eq!(
+        list_names(
+            &ims,
+            &token,
+            &format!("{private}&enterprise_project_id={ep}")
+        )
+        .await
+        .unwrap(),
+        ["arm-ep"]
+    );
+    assert_eq!(
+        names("__imagetype=private&enterprise_project_id=0")
+            .await
+            .unwrap(),
+        ["disk", "plain"]
+    );
+    assert_eq!(
+        names("__imagetype=private&enterprise_project_id=all_granted_eps")
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let bad = names("enterprise_project_id=nope").await.unwrap_err();
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json()["error"]["code"], "IMG.0001");
+
+    assert_eq!(
+        names("__imagetype=private&flavor_id=kc1.large.2")
+            .await
+            .unwrap(),
+        ["arm-ep"]
+    );
+    assert_eq!(
+        names("__imagetype=private&flavor_id=d6.large.2")
+            .await
+            .unwrap(),
+        ["disk"]
+    );
+    assert_eq!(
+        names("__imagetype=private&flavor_id=s6.large.2")
+            .await
+            .unwrap(),
+        ["disk", "plain"]
+    );
+    // flavor_id alone: the public images the flavor boots.
+    assert_eq!(names("flavor_id=s6.large.2").await.unwrap(), ["public-x86"]);
+    assert!(names("flavor_id=kc1.large.2").await.unwrap().is_empty());
+    let unknown = names("flavor_id=zz9.large.2").await.unwrap_err();
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+}

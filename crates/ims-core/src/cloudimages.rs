@@ -46,6 +46,13 @@ pub const QUICK_IMPORT_DISK_GB: (i64, i64) = (1, 1024);
 /// Images in one batch member request.
 pub const MAX_BATCH_IMAGES: usize = 100;
 
+/// The property holding an image's enterprise project; absent means the default one.
+pub const ENTERPRISE_PROJECT_PROPERTY: &str = "enterprise_project_id";
+/// The default enterprise project's id.
+pub const DEFAULT_ENTERPRISE_PROJECT: &str = "0";
+/// The `enterprise_project_id` list filter that matches every enterprise project.
+pub const ALL_ENTERPRISE_PROJECTS: &str = "all_granted_eps";
+
 /// The property keys the service owns; `update_image` may not set them.
 const SERVICE_PROPERTIES: &[&str] = &[
     "__imagetype",
@@ -59,6 +66,7 @@ const SERVICE_PROPERTIES: &[&str] = &[
     "__data_origin",
     "__image_source_type",
     "__system__cmkid",
+    ENTERPRISE_PROJECT_PROPERTY,
 ];
 
 /// Job states as the job queries report them.
@@ -213,6 +221,25 @@ pub fn check_name(name: &str) -> ServiceResult<()> {
     Ok(())
 }
 
+/// Validates an `enterprise_project_id` of a request body: `"0"` or a UUID.
+pub fn check_enterprise_project(id: &str) -> ServiceResult<()> {
+    if id == DEFAULT_ENTERPRISE_PROJECT || uuid::Uuid::parse_str(id).is_ok() {
+        return Ok(());
+    }
+    Err(ServiceError::invalid(format!(
+        "enterprise_project_id '{id}' is neither \"0\" nor a UUID."
+    )))
+}
+
+/// The enterprise project of an image (`"0"` when it names none).
+pub fn enterprise_project(image: &Image) -> &str {
+    image
+        .properties
+        .get(ENTERPRISE_PROJECT_PROPERTY)
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_ENTERPRISE_PROJECT)
+}
+
 /// Validates an IMS description (IMG.0004 rules).
 pub fn check_description(description: &str) -> ServiceResult<()> {
     if description.chars().count() > MAX_DESCRIPTION_LEN {
@@ -255,6 +282,8 @@ pub struct ImsImageSpec {
     pub tags: Vec<KvTag>,
     pub data_origin: Option<String>,
     pub original_image: Option<String>,
+    /// The enterprise project (a UUID); `None` or `"0"` is the default project.
+    pub enterprise_project_id: Option<String>,
 }
 
 /// What a declared `__os_version` stands for: the catalogue's entry, or `Other Linux(64 bit)` /
@@ -344,6 +373,13 @@ pub fn service_properties(spec: &ImsImageSpec) -> BTreeMap<String, String> {
     }
     if let Some(o) = &spec.original_image {
         put("__originalimagename", o.clone());
+    }
+    if let Some(ep) = spec
+        .enterprise_project_id
+        .as_ref()
+        .filter(|ep| ep.as_str() != DEFAULT_ENTERPRISE_PROJECT)
+    {
+        put(ENTERPRISE_PROJECT_PROPERTY, ep.clone());
     }
     if let Some(eol) = os.end_of_support {
         put("__os_end_of_support", eol);
@@ -533,6 +569,7 @@ impl CloudImageService {
         source_id: uuid::Uuid,
         name: &str,
         description: Option<&str>,
+        enterprise_project_id: Option<&str>,
     ) -> ServiceResult<Image> {
         let source = self.images.get(caller, source_id).await?;
         if source.status != ImageStatus::Active {
@@ -576,6 +613,10 @@ impl CloudImageService {
         match description {
             Some(d) => properties.insert("__description".into(), d.to_string()),
             None => properties.remove("__description"),
+        };
+        match enterprise_project_id.filter(|ep| *ep != DEFAULT_ENTERPRISE_PROJECT) {
+            Some(ep) => properties.insert(ENTERPRISE_PROJECT_PROPERTY.into(), ep.to_string()),
+            None => properties.remove(ENTERPRISE_PROJECT_PROPERTY),
         };
         let data = source.data.clone();
         self.images

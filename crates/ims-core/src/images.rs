@@ -235,7 +235,7 @@ impl ImageService {
         // The record no longer references the blob; if this delete fails, the collector will.
         // In-region copies share their source's blob: it goes with the last image naming it.
         let blob = match blob {
-            Some(key) if self.meta.referenced_blob_keys().await?.contains(&key) => None,
+            Some(key) if self.meta.blob_reference_count(&key).await? > 0 => None,
             other => other,
         };
         if let Some(key) = blob.and_then(|k| BlobKey::parse(&k).ok())

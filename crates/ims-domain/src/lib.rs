@@ -2,6 +2,7 @@
 //! default policy and the image list query. Pure data and rules: no IO, no serde, no HTTP.
 
 pub mod error;
+pub mod flavor;
 pub mod identity;
 pub mod image;
 pub mod member;

@@ -42,7 +42,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make;
             image_round_trip, image_duplicate_id, image_update_revision, image_update_conflict,
-            image_update_missing, project_usage, referenced_blob_keys, members, projects, users,
+            image_update_missing, project_usage, referenced_blob_keys, blob_reference_count, members, projects, users,
             role_assignments, secrets, token_revocation, list_visibility_for_project,
             list_visibility_for_admin, list_member_status, list_excludes_deleted_and_killed,
             list_match_filters, list_protected_and_hidden, list_time_filters, list_size_filters,
@@ -327,6 +327,25 @@ pub async fn referenced_blob_keys(store: &dyn MetaStore) {
         store.referenced_blob_keys().await.unwrap(),
         vec!["blob-1".to_owned(), "blob-4".to_owned()]
     );
+}
+
+pub async fn blob_reference_count(store: &dyn MetaStore) {
+    assert_eq!(store.blob_reference_count("blob-1").await.unwrap(), 0);
+    let a = image(1, P1, Visibility::Private);
+    let mut b = image(2, P2, Visibility::Private);
+    b.data = Some(data(1, 5)); // same blob as `a`
+    let mut c = image(3, P1, Visibility::Private);
+    c.data = None;
+    create_all(store, &[a.clone(), b, c]).await;
+    assert_eq!(store.blob_reference_count("blob-1").await.unwrap(), 2);
+    assert_eq!(store.blob_reference_count("blob-3").await.unwrap(), 0);
+    assert_eq!(store.blob_reference_count("blob-").await.unwrap(), 0);
+    // Deleting drops the record's key (the service takes `data` away): one reference left.
+    let mut gone = store.get_image(a.id).await.unwrap().unwrap();
+    gone.status = ImageStatus::Deleted;
+    gone.data = None;
+    store.update_image(&gone).await.unwrap();
+    assert_eq!(store.blob_reference_count("blob-1").await.unwrap(), 1);
 }
 
 pub async fn members(store: &dyn MetaStore) {

@@ -301,6 +301,16 @@ impl MetaStore for MemoryStore {
         Ok(keys.into_iter().collect())
     }
 
+    async fn blob_reference_count(&self, blob_key: &str) -> MetaResult<u64> {
+        let st = self.state();
+        let count = st
+            .images
+            .values()
+            .filter(|i| i.data.as_ref().is_some_and(|d| d.blob_key == blob_key))
+            .count();
+        Ok(count as u64)
+    }
+
     async fn add_member(&self, member: &Member) -> MetaResult<()> {
         let mut st = self.state();
         if !st.images.contains_key(&member.image_id) {

@@ -928,6 +928,20 @@ impl MetaStore for SqlStore {
         self.fetch_strings("referenced_blob_keys", stmt).await
     }
 
+    async fn blob_reference_count(&self, blob_key: &str) -> MetaResult<u64> {
+        // `images_blob_key` (a partial index on non-null keys) answers this without a scan.
+        let stmt = Stmt::with(
+            "SELECT COUNT(*) FROM images WHERE blob_key = $1",
+            vec![text(blob_key)],
+        );
+        let count = on_pool!(self, pool => bind_args!(sqlx::query_scalar::<_, i64>(&stmt.sql), &stmt.args)
+            .fetch_one(pool)
+            .await
+            .map_err(db_error("blob_reference_count")))?;
+        // COUNT(*) is never negative.
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     async fn add_member(&self, member: &Member) -> MetaResult<()> {
         let stmt = Stmt::with(
             "INSERT INTO image_members (image_id, member_id, status, created_at, updated_at) \

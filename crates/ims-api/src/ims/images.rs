@@ -9,10 +9,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ims_core::ServiceError;
 use ims_core::cloudimages::{
-    CloudImageService, DATA_DISK_GB, ImsImageSpec, KvTag, QUICK_IMPORT_DISK_GB, SYSTEM_DISK_GB,
-    check_description, check_disk_gb, check_name, is_service_property, object_storage_unavailable,
+    ALL_ENTERPRISE_PROJECTS, CloudImageService, DATA_DISK_GB, DEFAULT_ENTERPRISE_PROJECT,
+    ENTERPRISE_PROJECT_PROPERTY, ImsImageSpec, KvTag, QUICK_IMPORT_DISK_GB, SYSTEM_DISK_GB,
+    check_description, check_disk_gb, check_enterprise_project, check_name, enterprise_project,
+    is_service_property, object_storage_unavailable,
 };
 use ims_core::patch::{AttrValue, PatchDialect};
+use ims_domain::flavor::{FlavorNeeds, flavor_needs};
+use ims_domain::os_catalog::CatalogArch;
 use ims_domain::query::{MAX_LIST_LIMIT, MemberStatusFilter, VisibilityFilter};
 use ims_domain::{Caller, ErrorKind, ImageStatus, MemberStatus, Visibility};
 use serde::Deserialize;
@@ -33,9 +37,6 @@ const IMPORT_FORMATS: &[&str] = &[
 /// Formats `export_image` writes (seed table 5-5).
 const EXPORT_FORMATS: &[&str] = &["qcow2", "vhd", "zvhd", "vmdk", "zvhd2"];
 
-/// Query keys IMS lists accept that are not stored attributes (handled here or ignored).
-const IGNORED_QUERY_KEYS: &[&str] = &["enterprise_project_id", "flavor_id"];
-
 pub async fn list_images(
     State(state): State<SharedState>,
     ImsCaller(caller): ImsCaller,
@@ -48,6 +49,9 @@ pub async fn list_images(
     let mut min_ram = None;
     let mut passed: Vec<(String, String)> = Vec::new();
     let mut has_limit = false;
+    let mut has_visibility = false;
+    let mut enterprise: Option<String> = None;
+    let mut flavor: Option<FlavorNeeds> = None;
     for (key, value) in pairs {
         match key.as_str() {
             "__imagetype" => match value.as_str() {
@@ -76,7 +80,22 @@ pub async fn list_images(
                 };
                 passed.push((key, tag));
             }
-            k if IGNORED_QUERY_KEYS.contains(&k) => {}
+            "enterprise_project_id" => {
+                if value != ALL_ENTERPRISE_PROJECTS {
+                    check_enterprise_project(&value)?;
+                    enterprise = Some(value);
+                }
+            }
+            "flavor_id" => {
+                flavor = Some(
+                    flavor_needs(&value)
+                        .ok_or_else(|| invalid(format!("The flavor {value} does not exist.")))?,
+                );
+            }
+            "visibility" => {
+                has_visibility = true;
+                passed.push((key, value));
+            }
             "limit" => {
                 has_limit = true;
                 passed.push((key, value));
@@ -103,7 +122,28 @@ pub async fn list_images(
         Some("market") => query
             .properties
             .push(("__imagetype".into(), "market".into())),
+        // `flavor_id` alone asks for the public images the flavor can boot.
+        None if flavor.is_some() && !has_visibility => {
+            query.visibility = Some(VisibilityFilter::Only(Visibility::Public))
+        }
         _ => {}
+    }
+    // What the store can match exactly is filtered there; the rest below.
+    if let Some(ep) = enterprise
+        .as_ref()
+        .filter(|ep| *ep != DEFAULT_ENTERPRISE_PROJECT)
+    {
+        query
+            .properties
+            .push((ENTERPRISE_PROJECT_PROPERTY.into(), ep.clone()));
+    }
+    if let Some(needs) = &flavor {
+        if let Some(capability) = needs.capability {
+            query.properties.push((capability.into(), "true".into()));
+        }
+        if needs.architecture == CatalogArch::Arm {
+            query.properties.push(("architecture".into(), "arm".into()));
+        }
     }
     let limit = query.limit;
     let images = state.app.images.list(&caller, query).await?;
@@ -120,6 +160,16 @@ pub async fn list_images(
         })
         .filter(|i| min_disk.is_none_or(|d| i.min_disk == d))
         .filter(|i| min_ram.is_none_or(|r| i.min_ram == r))
+        .filter(|i| {
+            enterprise
+                .as_deref()
+                .is_none_or(|ep| enterprise_project(i) == ep)
+        })
+        .filter(|i| {
+            flavor
+                .as_ref()
+                .is_none_or(|needs| needs.admits(|key| i.properties.get(key).cloned()))
+        })
         .map(|i| image_info(&caller, i))
         .collect();
     let mut page_info = json!({});
@@ -201,6 +251,17 @@ struct CreateImageBody {
     tags: Option<Vec<String>>,
     image_tags: Option<Vec<TagKeyValue>>,
     os_type: Option<String>,
+    enterprise_project_id: Option<String>,
+}
+
+impl CreateImageBody {
+    /// The body's enterprise project, checked.
+    fn enterprise_project(&self) -> ImsResult<Option<String>> {
+        if let Some(ep) = &self.enterprise_project_id {
+            check_enterprise_project(ep)?;
+        }
+        Ok(self.enterprise_project_id.clone())
+    }
 }
 
 /// The tags of a create body: legacy `"key.value"` strings or `image_tags`, not both.
@@ -345,6 +406,7 @@ pub async fn create_image(
         tags: body_tags(&body.tags, &body.image_tags)?,
         data_origin: Some(format!("file,{image_url}")),
         original_image: None,
+        enterprise_project_id: body.enterprise_project()?,
     };
     start_import(&state, &caller, spec, image_url, "imsImportImageJob").await
 }
@@ -388,6 +450,7 @@ pub async fn import_quick(
         tags: body_tags(&body.tags, &body.image_tags)?,
         data_origin: Some(format!("file,{image_url}")),
         original_image: None,
+        enterprise_project_id: body.enterprise_project()?,
     };
     let _ = body.os_type;
     start_import(&state, &caller, spec, &image_url, "imsImportImageJob").await
@@ -432,6 +495,7 @@ pub async fn create_data_image(
         disk_format: "qcow2".into(),
         tags: body_tags(&body.tags, &body.image_tags)?,
         data_origin: Some(format!("file,{image_url}")),
+        enterprise_project_id: body.enterprise_project()?,
         ..Default::default()
     };
     start_import(&state, &caller, spec, &image_url, "imsImportDataImageJob").await
@@ -511,6 +575,7 @@ struct CopyBody {
     name: String,
     description: Option<String>,
     cmk_id: Option<String>,
+    enterprise_project_id: Option<String>,
 }
 
 pub async fn copy_in_region(
@@ -528,6 +593,9 @@ pub async fn copy_in_region(
     if body.cmk_id.is_some() {
         return Err(no_kms());
     }
+    if let Some(ep) = &body.enterprise_project_id {
+        check_enterprise_project(ep)?;
+    }
     let cloud = state.app.cloud_images.clone();
     // Validate before the job so refusals are immediate 400s, as IMS does.
     let source = state.app.images.get(&caller, id).await?;
@@ -541,7 +609,13 @@ pub async fn copy_in_region(
         let caller = caller.clone();
         async move {
             let copy = cloud
-                .copy_in_region(&caller, id, &body.name, body.description.as_deref())
+                .copy_in_region(
+                    &caller,
+                    id,
+                    &body.name,
+                    body.description.as_deref(),
+                    body.enterprise_project_id.as_deref(),
+                )
                 .await?;
             Ok(json!({"image_id": copy.id.to_string()}))
         }

@@ -139,7 +139,11 @@ pub fn image_info(caller: &Caller, image: &Image) -> Value {
     );
     put(map, "__image_size", size.to_string().into());
     put(map, "__system_support_market", false.into());
-    put(map, "enterprise_project_id", "0".into());
+    put(
+        map,
+        "enterprise_project_id",
+        ims_core::cloudimages::enterprise_project(image).into(),
+    );
     put(map, "active_at", glance_time(image.updated_at).into());
     if !map.contains_key("__isregistered") {
         put(map, "__isregistered", "true".into());

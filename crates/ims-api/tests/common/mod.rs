@@ -10,6 +10,7 @@ use ims_core::identity::{DomainRef, Named};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
