@@ -202,6 +202,8 @@ stage_deps() {
   command -v curl >/dev/null || missing+=(curl)
   # ims-cli's tests/img.rs proves with strace that unsafe images never open referenced files.
   command -v strace >/dev/null || missing+=(strace)
+  # ims-guest's tests/btrfs.rs builds a Btrfs image with `mkfs.btrfs --rootdir` (no root needed).
+  command -v mkfs.btrfs >/dev/null || [[ -x /usr/sbin/mkfs.btrfs || -x /sbin/mkfs.btrfs ]] || missing+=(btrfs-progs)
   if ((${#missing[@]})); then
     log "installing: ${missing[*]}"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

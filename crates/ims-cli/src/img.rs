@@ -93,6 +93,7 @@ fn to_json(i: &Inspection, elapsed_ms: f64) -> Value {
         "partition_table": i.partition_table.kind.as_str(),
         "root_device": root.map(|r| r.device.clone()),
         "root_fs": root.map(|r| r.fs.as_str()),
+        "root_subvolume": root.and_then(|r| r.subvolume.clone()),
         "cloud_init": f.and_then(|f| f.cloud_init.clone()),
         "hostname": f.and_then(|f| f.hostname.clone()),
         "fstab_root": f.and_then(|f| f.fstab_root.clone()),

@@ -30,6 +30,11 @@ pub use volume::Volume;
 pub const MAX_VOLUMES: usize = 256;
 /// Most EFI loader files listed from an ESP.
 pub const MAX_ESP_LOADERS: usize = 64;
+/// Most Btrfs subvolumes searched for an OS when the default subvolume holds none (each
+/// search reads a few dozen files).
+pub const MAX_BTRFS_SUBVOLUMES_TRIED: usize = 32;
+/// Btrfs subvolume names installers put the root filesystem in, tried first.
+const BTRFS_ROOT_SUBVOLUMES: &[&str] = &["@", "root", "@root", "rootfs", "@rootfs"];
 
 /// How the guest expects to be started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +81,9 @@ pub struct FoundVolume {
 pub struct Root {
     pub device: String,
     pub fs: FsKind,
+    /// The Btrfs subvolume holding the OS (`@`, `root`), `None` for the top level or other
+    /// filesystems.
+    pub subvolume: Option<String>,
     pub facts: OsFacts,
 }
 
@@ -356,11 +364,18 @@ pub fn inspect_disk(format: Format, disk: Box<dyn Disk>) -> Result<Inspection> {
         if root.is_some() {
             continue;
         }
-        match os::detect(&*gfs) {
-            Ok(Some(facts)) => {
+        let found = if *kind == FsKind::Btrfs {
+            drop(gfs);
+            detect_on_btrfs(vol)
+        } else {
+            os::detect(&*gfs).map(|f| f.map(|f| (None, f)))
+        };
+        match found {
+            Ok(Some((subvolume, facts))) => {
                 root = Some(Root {
                     device: device.clone(),
                     fs: *kind,
+                    subvolume,
                     facts,
                 })
             }
@@ -380,6 +395,41 @@ pub fn inspect_disk(format: Format, disk: Box<dyn Disk>) -> Result<Inspection> {
         efi_loaders,
         warnings,
     })
+}
+
+/// The OS on a Btrfs volume and the subvolume it is in: the default subvolume's, moved to
+/// the subvolume its fstab mounts on `/` when that is another one; else the first subvolume
+/// holding an OS, the usual root names (`@`, `root`) first.
+fn detect_on_btrfs(vol: &Volume) -> Result<Option<(Option<String>, OsFacts)>> {
+    let top = fs::btrfs::BtrfsFs::open(vol.clone())?;
+    let found = |b: &fs::btrfs::BtrfsFs| -> Result<Option<(Option<String>, OsFacts)>> {
+        Ok(os::detect(b)?.map(|f| (b.subvolume().1.map(str::to_string), f)))
+    };
+    if let Some(hit) = found(&top)? {
+        // fstab may mount another subvolume on `/` (the default is a snapshot, say).
+        let wanted = os::linux::fstab_root_subvolume(&top)?;
+        if let Some(path) = wanted.filter(|p| Some(p.trim_matches('/')) != hit.0.as_deref())
+            && let Some(other) = top.with_subvolume_path(&path)?
+            && let Some(better) = found(&other)?
+        {
+            return Ok(Some(better));
+        }
+        return Ok(Some(hit));
+    }
+    let mut subvolumes = top.subvolumes()?;
+    subvolumes.sort_by_key(|(id, path)| {
+        let rank = BTRFS_ROOT_SUBVOLUMES
+            .iter()
+            .position(|n| n == path)
+            .unwrap_or(BTRFS_ROOT_SUBVOLUMES.len());
+        (rank, *id)
+    });
+    for (id, _) in subvolumes.into_iter().take(MAX_BTRFS_SUBVOLUMES_TRIED) {
+        if let Some(hit) = found(&top.with_subvolume(id)?)? {
+            return Ok(Some(hit));
+        }
+    }
+    Ok(None)
 }
 
 /// `.efi` files one and two levels under `/EFI`.

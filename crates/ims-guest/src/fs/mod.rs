@@ -1,6 +1,7 @@
 //! Read-only filesystems: detection by magic, and the small path-based interface the OS
 //! detectors read through (`GuestFs`).
 
+pub mod btrfs;
 pub mod ext4;
 pub mod fat;
 pub mod iso9660;
@@ -126,7 +127,8 @@ pub fn open(kind: FsKind, vol: &Volume) -> Result<Option<Box<dyn GuestFs>>> {
         FsKind::Fat => Some(Box::new(fat::FatFs::open(vol.clone())?)),
         FsKind::Ntfs => Some(Box::new(ntfs::NtfsFs::open(vol.clone())?)),
         FsKind::Iso9660 => Some(Box::new(iso9660::IsoFs::open(vol.clone())?)),
-        FsKind::Btrfs | FsKind::Swap | FsKind::LvmPv => None,
+        FsKind::Btrfs => Some(Box::new(btrfs::BtrfsFs::open(vol.clone())?)),
+        FsKind::Swap | FsKind::LvmPv => None,
     })
 }
 

@@ -77,6 +77,25 @@ fn major_minor(v: &str) -> String {
     v.split('.').take(2).collect::<Vec<_>>().join(".")
 }
 
+/// The columns of the `/etc/fstab` line that mounts `/`.
+fn fstab_root_line(text: &str) -> Option<Vec<&str>> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.len() >= 2 && cols[1] == "/")
+}
+
+/// The Btrfs subvolume `/etc/fstab` mounts on `/` (its `subvol=` option), if any.
+pub fn fstab_root_subvolume(fs: &dyn GuestFs) -> Result<Option<String>> {
+    Ok(read_text(fs, "/etc/fstab")?.and_then(|t| {
+        let cols = fstab_root_line(&t)?;
+        cols.get(3)?
+            .split(',')
+            .find_map(|o| o.strip_prefix("subvol="))
+            .map(str::to_string)
+    }))
+}
+
 pub fn detect(fs: &dyn GuestFs) -> Result<Option<OsFacts>> {
     let os_release = match read_text(fs, "/etc/os-release")? {
         Some(t) => Some(t),
@@ -148,14 +167,8 @@ pub fn detect(fs: &dyn GuestFs) -> Result<Option<OsFacts>> {
     f.hostname = read_text(fs, "/etc/hostname")?
         .and_then(|h| h.lines().next().map(|l| l.trim().to_string()))
         .filter(|h| !h.is_empty());
-    f.fstab_root = read_text(fs, "/etc/fstab")?.and_then(|t| {
-        t.lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .find_map(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                (cols.len() >= 2 && cols[1] == "/").then(|| cols[0].to_string())
-            })
-    });
+    f.fstab_root = read_text(fs, "/etc/fstab")?
+        .and_then(|t| fstab_root_line(&t).map(|cols| cols[0].to_string()));
     let mut kernels = Vec::new();
     for name in fs.list_dir("/boot")?.unwrap_or_default() {
         if let Some(v) = name.strip_prefix("vmlinuz-") {
