@@ -50,7 +50,13 @@ pub async fn list(
         images.last().map(|i| i.id),
     );
     let body = ImageList {
-        images: images.iter().map(ImageBody).collect(),
+        images: images
+            .iter()
+            .map(|image| ImageBody {
+                image,
+                show_stores: state.multi_store(),
+            })
+            .collect(),
         first,
         schema: "/v2/schemas/images",
         next,
@@ -76,9 +82,25 @@ pub async fn create(
         image = state.app.cloud_images.complete_glance_image(&image).await?;
     }
     let location = format!("{}/v2/images/{}", state.public_url, image.id);
-    let mut response = (StatusCode::CREATED, Json(image_json(&image))).into_response();
+    let mut response = (
+        StatusCode::CREATED,
+        Json(image_json(&image, state.multi_store())),
+    )
+        .into_response();
+    let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, v);
+        headers.insert(header::LOCATION, v);
+    }
+    let methods = state.app.imports.methods().join(",");
+    if let Ok(v) = HeaderValue::from_str(&methods) {
+        headers.insert("openstack-image-import-methods", v);
+    }
+    let stores = state.app.images.stores();
+    if stores.is_multi() {
+        let ids: Vec<&str> = stores.writable().map(|s| s.id.as_str()).collect();
+        if let Ok(v) = HeaderValue::from_str(&ids.join(",")) {
+            headers.insert("openstack-image-store-ids", v);
+        }
     }
     Ok(response)
 }
@@ -89,7 +111,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let image = state.app.images.get(&caller, parse_image_id(&id)?).await?;
-    Ok(Json(image_json(&image)))
+    Ok(Json(image_json(&image, state.multi_store())))
 }
 
 /// Unescapes a JSON pointer with exactly one segment (`/name`, `/a~1b`).
@@ -179,7 +201,7 @@ pub async fn update(
     .await?;
     let ops = parse_patch(doc, dialect)?;
     let image = state.app.images.update(&caller, id, &ops, dialect).await?;
-    Ok(Json(image_json(&image)))
+    Ok(Json(image_json(&image, state.multi_store())))
 }
 
 pub async fn delete(
@@ -272,11 +294,38 @@ pub async fn upload(
                 })?,
         ),
     };
+    let store = store_header(&headers)?;
     let stream = body.into_data_stream();
     state
         .app
         .images
-        .upload(&caller, id, stream, declared)
+        .upload(&caller, id, stream, declared, store.as_deref())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The store a client chose with `X-Image-Meta-Store`, if any.
+pub(crate) fn store_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("x-image-meta-store") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .map(|s| Some(s.trim().to_owned()))
+            .ok_or_else(|| ApiError::invalid("X-Image-Meta-Store must be a store id")),
+    }
+}
+
+/// `DELETE /v2/stores/{store}/{id}`: 204 once the store no longer holds the image's data.
+pub async fn delete_from_store(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path((store, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state
+        .app
+        .images
+        .delete_from_store(&caller, &store, parse_image_id(&id)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -79,8 +79,9 @@ pub async fn import(
     body: Body,
 ) -> ApiResult<StatusCode> {
     let id = parse_image_id(&id)?;
+    let store_header = crate::images::store_header(&headers)?;
     let map = read_json_object(&headers, body, state.app.config.limits.max_json_body).await?;
-    let request = parse_import(&Value::Object(map))?;
+    let request = parse_import(&Value::Object(map), store_header)?;
     state
         .app
         .imports
@@ -89,9 +90,10 @@ pub async fn import(
     Ok(StatusCode::ACCEPTED)
 }
 
-/// The import body: `{"method": {"name": …, "uri": …}, "stores": […], "all_stores": …}`.
-/// Stores other than this node's one are refused until multiple stores exist.
-fn parse_import(body: &Value) -> ApiResult<ImportRequest> {
+/// The import body: `{"method": {"name": …, "uri": …}, "stores": […], "all_stores": …,
+/// "all_stores_must_succeed": …}`; `store_header` is `X-Image-Meta-Store`, which may stand for
+/// `stores` but not join it or `all_stores`.
+fn parse_import(body: &Value, store_header: Option<String>) -> ApiResult<ImportRequest> {
     let method = body
         .get("method")
         .and_then(Value::as_object)
@@ -101,15 +103,47 @@ fn parse_import(body: &Value) -> ApiResult<ImportRequest> {
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::invalid("The import method needs a 'name'."))?;
     let method_kind = ImportMethod::parse(name)
-        .ok_or_else(|| ApiError::invalid(format!("Import method {name} is not supported.")))?;
+        .ok_or_else(|| ApiError::invalid(format!("Unknown import method name '{name}'.")))?;
     let uri = match method.get("uri") {
         None | Some(Value::Null) => None,
         Some(Value::String(uri)) => Some(uri.clone()),
         Some(_) => return Err(ApiError::invalid("'uri' must be a string.")),
     };
+    let flag = |key: &str, default: bool| match body.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid(format!("'{key}' must be a boolean."))),
+    };
+    let all_stores = flag("all_stores", false)?;
+    let all_stores_must_succeed = flag("all_stores_must_succeed", true)?;
+    let mut stores = match body.get("stores") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::invalid("'stores' must be a list of store ids."))?,
+        Some(_) => return Err(ApiError::invalid("'stores' must be a list of store ids.")),
+    };
+    if let Some(store) = store_header {
+        if !stores.is_empty() {
+            return Err(ApiError::invalid(
+                "The X-Image-Meta-Store header and 'stores' cannot both be given.",
+            ));
+        }
+        stores.push(store);
+    }
+    if all_stores && !stores.is_empty() {
+        return Err(ApiError::invalid(
+            "'all_stores' cannot be combined with 'stores' or X-Image-Meta-Store.",
+        ));
+    }
     Ok(ImportRequest {
-        method: method_kind,
         uri,
+        stores,
+        all_stores,
+        all_stores_must_succeed,
+        ..ImportRequest::new(method_kind)
     })
 }
 
@@ -213,14 +247,15 @@ pub async fn create_task(
         .collect();
     let image = state.app.images.create(&caller, &attrs).await?;
     let request = ImportRequest {
-        method: ImportMethod::WebDownload,
         uri: Some(uri.to_owned()),
+        ..ImportRequest::new(ImportMethod::WebDownload)
     };
     let job = state
         .app
         .imports
         .import(&caller, image.id, request, Some(request_id.0))
-        .await?;
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorKind::Internal, "The import started no task."))?;
     Ok((StatusCode::CREATED, Json(task_json(&job))))
 }
 
@@ -242,19 +277,45 @@ mod tests {
 
     #[test]
     fn import_bodies() {
-        let ok = parse_import(&json!({"method": {"name": "glance-direct"}})).unwrap();
+        let ok = parse_import(&json!({"method": {"name": "glance-direct"}}), None).unwrap();
         assert_eq!(ok.method, ImportMethod::GlanceDirect);
-        let web =
-            parse_import(&json!({"method": {"name": "web-download", "uri": "http://x/"}})).unwrap();
+        assert!(ok.stores.is_empty() && !ok.all_stores && ok.all_stores_must_succeed);
+        let web = parse_import(
+            &json!({"method": {"name": "web-download", "uri": "http://x/"}}),
+            None,
+        )
+        .unwrap();
         assert_eq!(web.uri.as_deref(), Some("http://x/"));
+        let copy = parse_import(
+            &json!({"method": {"name": "copy-image"}, "all_stores": true,
+                    "all_stores_must_succeed": false}),
+            None,
+        )
+        .unwrap();
+        assert!(copy.all_stores && !copy.all_stores_must_succeed);
+        let header = parse_import(
+            &json!({"method": {"name": "glance-direct"}}),
+            Some("fs2".into()),
+        )
+        .unwrap();
+        assert_eq!(header.stores, ["fs2"]);
         for bad in [
             json!({}),
             json!({"method": "glance-direct"}),
             json!({"method": {"name": "bogus"}}),
             json!({"method": {"name": "web-download", "uri": 5}}),
+            json!({"method": {"name": "glance-direct"}, "all_stores": "yes"}),
+            json!({"method": {"name": "glance-direct"}, "all_stores_must_succeed": 1}),
+            json!({"method": {"name": "glance-direct"}, "stores": "fs"}),
+            json!({"method": {"name": "glance-direct"}, "stores": [1]}),
+            json!({"method": {"name": "glance-direct"}, "stores": ["a"], "all_stores": true}),
         ] {
-            assert!(parse_import(&bad).is_err(), "{bad}");
+            assert!(parse_import(&bad, None).is_err(), "{bad}");
         }
+        let both = json!({"method": {"name": "glance-direct"}, "stores": ["a"]});
+        assert!(parse_import(&both, Some("b".into())).is_err());
+        let with_all = json!({"method": {"name": "glance-direct"}, "all_stores": true});
+        assert!(parse_import(&with_all, Some("b".into())).is_err());
     }
 
     #[test]

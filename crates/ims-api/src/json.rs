@@ -12,16 +12,20 @@ pub fn glance_time(t: time::OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// An image as Glance renders it: free-form properties flattened next to the core attributes.
+/// An image as Glance renders it: free-form properties flattened next to the core attributes,
+/// and with several stores (`show_stores`) the comma list `stores` of those holding its data.
 /// Serialized straight from the record (no intermediate `Value`): listings render 100s of these.
-pub struct ImageBody<'a>(pub &'a Image);
+pub struct ImageBody<'a> {
+    pub image: &'a Image,
+    pub show_stores: bool,
+}
 
 impl Serialize for ImageBody<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let image = self.0;
+        let image = self.image;
         let data = image.data.as_ref();
         let id = image.id.to_string();
-        let mut map = serializer.serialize_map(Some(image.properties.len() + 22))?;
+        let mut map = serializer.serialize_map(Some(image.properties.len() + 23))?;
         for (k, v) in &image.properties {
             map.serialize_entry(k, v)?;
         }
@@ -47,12 +51,15 @@ impl Serialize for ImageBody<'_> {
         map.serialize_entry("self", &format!("/v2/images/{id}"))?;
         map.serialize_entry("file", &format!("/v2/images/{id}/file"))?;
         map.serialize_entry("schema", "/v2/schemas/image")?;
+        if let Some(data) = data.filter(|_| self.show_stores) {
+            map.serialize_entry("stores", &data.stores.join(","))?;
+        }
         map.end()
     }
 }
 
-pub fn image_json(image: &Image) -> Value {
-    serde_json::to_value(ImageBody(image)).expect("an image always serializes")
+pub fn image_json(image: &Image, show_stores: bool) -> Value {
+    serde_json::to_value(ImageBody { image, show_stores }).expect("an image always serializes")
 }
 
 pub fn member_json(member: &Member) -> Value {
@@ -85,10 +92,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stores_show_only_with_data_and_several_stores() {
+        let mut img = Image::new(uuid::Uuid::nil(), None, ims_domain::now());
+        assert!(
+            image_json(&img, true).get("stores").is_none(),
+            "no data, no stores"
+        );
+        img.data = Some(ims_domain::image::ImageData {
+            blob_key: "k".into(),
+            stores: vec!["fs".into(), "fs2".into()],
+            size: 1,
+            checksum: "c".into(),
+            os_hash_algo: "sha512".into(),
+            os_hash_value: "h".into(),
+            virtual_size: None,
+        });
+        assert_eq!(image_json(&img, true)["stores"], "fs,fs2");
+        assert!(
+            image_json(&img, false).get("stores").is_none(),
+            "single store"
+        );
+    }
+
+    #[test]
     fn image_json_has_every_core_key_and_flat_properties() {
         let mut img = Image::new(uuid::Uuid::nil(), Some("p".into()), ims_domain::now());
         img.properties.insert("foo".into(), "bar".into());
-        let v = image_json(&img);
+        let v = image_json(&img, true);
         for key in [
             "name",
             "disk_format",

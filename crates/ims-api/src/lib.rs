@@ -20,7 +20,7 @@ mod versions;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use ims_core::App;
 
 pub use error::{Dialect, status_for};
@@ -30,6 +30,13 @@ pub struct ApiState {
     pub app: Arc<App>,
     /// Base URL of this node as clients see it, without a trailing slash.
     pub public_url: String,
+}
+
+impl ApiState {
+    /// Whether the node has several stores (Glance's multi-store: `stores` on images).
+    pub fn multi_store(&self) -> bool {
+        self.app.images.stores().is_multi()
+    }
 }
 
 pub type SharedState = Arc<ApiState>;
@@ -78,6 +85,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/schemas/metadefs/{name}", get(versions::metadef_schema))
         .route("/info/import", get(import::info_import))
         .route("/info/stores", get(versions::info_stores))
+        .route("/info/stores/detail", get(versions::info_stores_detail))
+        .route("/stores/{store}/{id}", delete(images::delete_from_store))
         .route("/info/usage", get(images::usage))
         .nest("/metadefs", metadefs::router());
     let v2 = ims::v2_routes(v2).fallback(versions::v2_not_found);

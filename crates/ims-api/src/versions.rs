@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::SharedState;
 use crate::error::{ApiError, ApiResult};
+use crate::middleware::Authed;
 
 /// API versions this server implements, newest first; the first is CURRENT.
 const VERSIONS: &[&str] = &[
@@ -96,11 +97,69 @@ pub async fn metadef_schema(Path(name): Path<String>) -> ApiResult<Json<Value>> 
     }
 }
 
-pub async fn info_stores() -> ApiError {
-    ApiError::new(
-        ErrorKind::NotFound,
-        "Multi backend is not supported at this site.",
-    )
+/// The stores as `/v2/info/stores` lists them, highest weight first; `detail` adds what admins
+/// see (driver type and settings). 404 on a single-store node, as in Glance.
+fn stores_doc(state: &SharedState, detail: bool) -> ApiResult<Value> {
+    let stores = state.app.images.stores();
+    if !stores.is_multi() {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            "Multi backend is not supported at this site.",
+        ));
+    }
+    let default_id = &stores.default_store().id;
+    let list: Vec<Value> = stores
+        .all()
+        .iter()
+        .map(|store| {
+            let mut entry = serde_json::Map::new();
+            entry.insert("id".into(), json!(store.id));
+            entry.insert(
+                "description".into(),
+                json!(store.description.clone().unwrap_or_default()),
+            );
+            if &store.id == default_id {
+                entry.insert("default".into(), json!("true"));
+            }
+            if store.read_only {
+                entry.insert("read-only".into(), json!("true"));
+            }
+            entry.insert("weight".into(), json!(store.weight));
+            if detail {
+                entry.insert("type".into(), json!(store.driver));
+                let properties: serde_json::Map<String, Value> = store
+                    .properties
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                    .collect();
+                entry.insert("properties".into(), Value::Object(properties));
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    Ok(json!({ "stores": list }))
+}
+
+/// `GET /v2/info/stores`.
+pub async fn info_stores(
+    State(state): State<SharedState>,
+    Authed(_caller): Authed,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(stores_doc(&state, false)?))
+}
+
+/// `GET /v2/info/stores/detail` (admin; Glance's `stores_info_detail`).
+pub async fn info_stores_detail(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+) -> ApiResult<Json<Value>> {
+    if !caller.is_admin() {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "You are not authorized to complete stores_info_detail action.",
+        ));
+    }
+    Ok(Json(stores_doc(&state, true)?))
 }
 
 #[cfg(test)]

@@ -2,10 +2,7 @@
 
 use std::sync::Arc;
 
-use ims_blob::BlobStore;
 use ims_blob::buckets::Buckets;
-use ims_blob::local::LocalBlobStore;
-use ims_blob::s3::S3BlobStore;
 use ims_jobs::JobStore;
 use ims_jobs::runner::{Runner, RunnerConfig, RunnerHandle, Waker};
 use ims_meta::MetaStore;
@@ -15,15 +12,13 @@ use ims_meta::sql::SqlStore;
 
 use crate::access_keys::{AccessKeyService, load_or_create_seal_key};
 use crate::cloudimages::CloudImageService;
-use crate::config::{Config, StoreConfig};
+use crate::config::Config;
 use crate::error::{ServiceError, ServiceResult};
 use crate::identity::IdentityService;
 use crate::images::ImageService;
 use crate::import::{IMPORT_JOB_KIND, ImportService};
 use crate::metadefs::MetadefService;
-
-/// The name the single local store is known by in image records.
-pub const LOCAL_STORE_NAME: &str = "local";
+use crate::stores::Stores;
 
 /// Everything a node serves with.
 pub struct App {
@@ -56,16 +51,9 @@ impl App {
         let metadefs: Arc<dyn MetadefStore> = sql.clone();
         let jobs: Arc<dyn JobStore> = Arc::new(ims_jobs::sql::SqlJobStore::new(&sql));
         let cloud: Arc<dyn CloudImageStore> = sql;
-        let blobs: Arc<dyn BlobStore> = match &config.store {
-            StoreConfig::Local { .. } => Arc::new(LocalBlobStore::open(config.store_path())?),
-            StoreConfig::S3(s3) => {
-                let store = S3BlobStore::connect(s3).await?;
-                tracing::info!(bucket = store.bucket(), "image data in S3");
-                Arc::new(store)
-            }
-        };
+        let stores = Stores::open(&config).await?;
         let seal_key = load_or_create_seal_key(&config.access_key_seal_file())?;
-        Self::with_job_store(config, meta, metadefs, blobs, cloud, seal_key, jobs).await
+        Self::with_job_store(config, meta, metadefs, stores, cloud, seal_key, jobs).await
     }
 
     /// Builds the services over given stores (the in-memory fakes in tests), with jobs kept in
@@ -74,12 +62,12 @@ impl App {
         config: Config,
         meta: Arc<dyn MetaStore>,
         metadefs: Arc<dyn MetadefStore>,
-        blobs: Arc<dyn BlobStore>,
+        stores: Stores,
         cloud: Arc<dyn CloudImageStore>,
         seal_key: [u8; 32],
     ) -> ServiceResult<App> {
         let jobs: Arc<dyn JobStore> = Arc::new(ims_jobs::memory::MemoryJobStore::new());
-        Self::with_job_store(config, meta, metadefs, blobs, cloud, seal_key, jobs).await
+        Self::with_job_store(config, meta, metadefs, stores, cloud, seal_key, jobs).await
     }
 
     /// Builds the services over given stores, jobs included.
@@ -87,7 +75,7 @@ impl App {
         config: Config,
         meta: Arc<dyn MetaStore>,
         metadefs: Arc<dyn MetadefStore>,
-        blobs: Arc<dyn BlobStore>,
+        stores: Stores,
         cloud: Arc<dyn CloudImageStore>,
         seal_key: [u8; 32],
         jobs: Arc<dyn JobStore>,
@@ -103,8 +91,7 @@ impl App {
         ));
         let images = Arc::new(ImageService::new(
             meta,
-            blobs,
-            LOCAL_STORE_NAME.into(),
+            Arc::new(stores),
             config.limits.clone(),
             config.gc.clone(),
         ));
@@ -149,14 +136,14 @@ impl App {
         runner.with_waker(self.waker.clone()).start()
     }
 
-    /// In-memory stores; for tests.
+    /// In-memory stores (one per `[[stores]]` entry); for tests.
     pub async fn in_memory(config: Config) -> App {
         let meta: Arc<dyn MetaStore> = Arc::new(ims_meta::memory::MemoryStore::default());
         let metadefs: Arc<dyn MetadefStore> =
             Arc::new(ims_meta::metadefs::MemoryMetadefStore::new());
-        let blobs: Arc<dyn BlobStore> = Arc::new(ims_blob::memory::MemoryBlobStore::new());
+        let stores = Stores::in_memory(&config);
         let cloud: Arc<dyn CloudImageStore> = Arc::new(MemoryCloudImageStore::new());
-        Self::with_stores(config, meta, metadefs, blobs, cloud, rand::random())
+        Self::with_stores(config, meta, metadefs, stores, cloud, rand::random())
             .await
             .expect("in-memory stores open")
     }

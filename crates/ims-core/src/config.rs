@@ -22,7 +22,12 @@ pub struct Config {
     pub region: String,
     /// Lifetime of issued tokens in seconds. Env `IMS_TOKEN_TTL_SECS`.
     pub token_ttl_secs: u64,
-    pub store: StoreConfig,
+    /// The one store of a single-store node (`[store]`; default: a local directory). Not
+    /// allowed together with `[[stores]]`.
+    pub store: Option<StoreConfig>,
+    /// Several stores (`[[stores]]`, Glance's `enabled_backends`): images may be held by any
+    /// of them, `/v2/info/stores` lists them and uploads and imports choose among them.
+    pub stores: Vec<StoreEntry>,
     /// Users' own S3 buckets that images are imported from and exported to (`[buckets]`).
     /// Unset: import/export from buckets is unavailable. Env `IMS_BUCKETS_S3_ENDPOINT`,
     /// `…_REGION`, `…_ACCESS_KEY_ID`, `…_SECRET_ACCESS_KEY` (or `…_SECRET_ACCESS_KEY_FILE`),
@@ -85,15 +90,23 @@ pub enum ImportMethod {
     GlanceDirect,
     /// Data fetched from a URL.
     WebDownload,
+    /// The data of an active image copied to more stores (admin; offered only with several
+    /// stores).
+    CopyImage,
 }
 
 impl ImportMethod {
-    pub const ALL: [ImportMethod; 2] = [ImportMethod::GlanceDirect, ImportMethod::WebDownload];
+    pub const ALL: [ImportMethod; 3] = [
+        ImportMethod::GlanceDirect,
+        ImportMethod::WebDownload,
+        ImportMethod::CopyImage,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ImportMethod::GlanceDirect => "glance-direct",
             ImportMethod::WebDownload => "web-download",
+            ImportMethod::CopyImage => "copy-image",
         }
     }
 
@@ -171,6 +184,44 @@ pub enum StoreConfig {
     S3(ims_blob::s3::S3StoreConfig),
 }
 
+/// One of several stores (`[[stores]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreEntry {
+    /// The id clients name it by (`stores`, `X-Image-Meta-Store`, `/v2/stores/{id}/…`): 1 to
+    /// 255 of `A-Z a-z 0-9 _ -`, not starting with `os_glance_` (Glance's reserved stores).
+    pub id: String,
+    /// Shown in `/v2/info/stores`.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Downloads read the stores holding an image highest weight first, and the image's
+    /// `stores` lists them in that order. Default 0.
+    #[serde(default)]
+    pub weight: i64,
+    /// Uploads and imports that name no store go here; exactly one store is the default.
+    #[serde(default)]
+    pub default: bool,
+    /// Listed (`"read-only": "true"`) and read, never written: uploads, imports and copies
+    /// refuse it and `all_stores` skips it.
+    #[serde(default)]
+    pub read_only: bool,
+    pub kind: StoreKind,
+    /// `kind = "local"`: the directory. Default `<data_dir>/stores/<id>`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `kind = "s3"`: bucket, prefix and `[stores.s3.connection]`.
+    #[serde(default)]
+    pub s3: Option<ims_blob::s3::S3StoreConfig>,
+}
+
+/// What a `[[stores]]` entry keeps its data in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    Local,
+    S3,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -202,7 +253,8 @@ impl Default for Config {
             database_url: None,
             region: "RegionOne".into(),
             token_ttl_secs: 3600,
-            store: StoreConfig::Local { path: None },
+            store: None,
+            stores: Vec::new(),
             buckets: None,
             limits: Limits::default(),
             gc: GcConfig::default(),
@@ -261,11 +313,11 @@ fn apply_store_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match env("IMS_STORE_KIND").as_deref() {
-        Some("local") if !matches!(config.store, StoreConfig::Local { .. }) => {
-            config.store = StoreConfig::Local { path: None };
+        Some("local") if !matches!(config.store, None | Some(StoreConfig::Local { .. })) => {
+            config.store = Some(StoreConfig::Local { path: None });
         }
-        Some("s3") if !matches!(config.store, StoreConfig::S3(_)) => {
-            config.store = StoreConfig::S3(Default::default());
+        Some("s3") if !matches!(config.store, Some(StoreConfig::S3(_))) => {
+            config.store = Some(StoreConfig::S3(Default::default()));
         }
         None | Some("local" | "s3") => {}
         Some(other) => {
@@ -276,7 +328,7 @@ fn apply_store_env(
             });
         }
     }
-    if let StoreConfig::S3(s3) = &mut config.store {
+    if let Some(StoreConfig::S3(s3)) = &mut config.store {
         if let Some(bucket) = env("IMS_STORE_S3_BUCKET") {
             s3.bucket = bucket;
         }
@@ -337,9 +389,9 @@ impl Config {
         }
         env_parse(env, "IMS_TOKEN_TTL_SECS", &mut config.token_ttl_secs)?;
         if let Some(path) = env("IMS_STORE_PATH") {
-            config.store = StoreConfig::Local {
+            config.store = Some(StoreConfig::Local {
                 path: Some(PathBuf::from(path)),
-            };
+            });
         }
         apply_store_env(&mut config, env)?;
         env_parse(env, "IMS_IMAGE_SIZE_CAP", &mut config.limits.image_size_cap)?;
@@ -435,9 +487,17 @@ impl Config {
     /// where a local store would be.
     pub fn store_path(&self) -> PathBuf {
         match &self.store {
-            StoreConfig::Local { path: Some(path) } => path.clone(),
-            StoreConfig::Local { path: None } | StoreConfig::S3(_) => self.data_dir.join("store"),
+            Some(StoreConfig::Local { path: Some(path) }) => path.clone(),
+            _ => self.data_dir.join("store"),
         }
+    }
+
+    /// The directory of the local `[[stores]]` entry `entry`.
+    pub fn store_entry_path(&self, entry: &StoreEntry) -> PathBuf {
+        entry
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("stores").join(&entry.id))
     }
 }
 
@@ -483,9 +543,9 @@ mod tests {
         assert_eq!(c.import.methods, vec![ImportMethod::WebDownload]);
         assert_eq!(c.import.allowed_ports, vec![80, 8080]);
         assert_eq!(c.import.exempt_targets[0].to_string(), "127.0.0.1:8123");
-        let bad = |k: &str| (k == "IMS_IMPORT_METHODS").then(|| "copy-image".to_string());
+        let bad = |k: &str| (k == "IMS_IMPORT_METHODS").then(|| "glance-upload".to_string());
         let err = Config::load_with(None, &bad).unwrap_err();
-        assert!(err.to_string().contains("copy-image"), "{err}");
+        assert!(err.to_string().contains("glance-upload"), "{err}");
     }
 
     #[test]
@@ -518,7 +578,7 @@ mod tests {
             _ => None,
         };
         let c = Config::load_with(Some(&path), &env).unwrap();
-        let StoreConfig::S3(s3) = &c.store else {
+        let Some(StoreConfig::S3(s3)) = &c.store else {
             panic!("expected an S3 store: {:?}", c.store)
         };
         assert_eq!(s3.bucket, "images");
@@ -551,7 +611,7 @@ mod tests {
             _ => None,
         };
         let c = Config::load_with(None, &env).unwrap();
-        assert!(matches!(&c.store, StoreConfig::S3(s3) if s3.bucket == "b2"));
+        assert!(matches!(&c.store, Some(StoreConfig::S3(s3)) if s3.bucket == "b2"));
         assert_eq!(
             c.buckets.unwrap().endpoint.as_deref(),
             Some("http://127.0.0.1:3900")

@@ -18,15 +18,19 @@ pub struct GcReport {
     pub stale_uploads_reset: usize,
 }
 
-/// Deletes blobs that no image references and that are older than `min_age`. Staged import data
-/// counts as referenced while its image is `uploading` or `importing`.
+/// Deletes blobs of `store` that no image references there and that are older than `min_age`.
+/// Staged import data counts as referenced while its image is `uploading` or `importing`.
 pub async fn delete_orphan_blobs(
     meta: &dyn MetaStore,
+    store: &str,
     blobs: &dyn BlobStore,
     min_age: Duration,
 ) -> ServiceResult<usize> {
-    let referenced: std::collections::HashSet<String> =
-        meta.referenced_blob_keys().await?.into_iter().collect();
+    let referenced: std::collections::HashSet<String> = meta
+        .referenced_blob_keys_in(store)
+        .await?
+        .into_iter()
+        .collect();
     let cutoff = time::OffsetDateTime::now_utc().unix_timestamp() - min_age.as_secs() as i64;
     let mut deleted = 0;
     for blob in blobs.list().await? {
@@ -34,7 +38,7 @@ pub async fn delete_orphan_blobs(
             && !referenced.contains(blob.key.as_str())
             && !staged_for_live_image(meta, blob.key.as_str()).await?
         {
-            tracing::info!(blob = %blob.key, size = blob.size, "deleting orphaned blob");
+            tracing::info!(store, blob = %blob.key, size = blob.size, "deleting orphaned blob");
             blobs.delete(&blob.key).await?;
             deleted += 1;
         }
@@ -79,20 +83,22 @@ impl ImageService {
         Ok(reset)
     }
 
-    /// One collection pass with the configured ages.
+    /// One collection pass with the configured ages, over every writable store (read-only
+    /// stores are never changed).
     pub async fn collect_garbage(&self) -> ServiceResult<GcReport> {
         let min_age = Duration::from_secs(self.gc.orphan_min_age_secs);
         let stale_after = Duration::from_secs(self.gc.upload_stale_after_secs);
-        Ok(GcReport {
+        let mut report = GcReport {
             stale_uploads_reset: self.reset_stale_uploads(stale_after).await?,
-            abandoned_writes_removed: self.blobs.sweep_incomplete(min_age).await?,
-            orphan_blobs_deleted: delete_orphan_blobs(
-                self.meta.as_ref(),
-                self.blobs.as_ref(),
-                min_age,
-            )
-            .await?,
-        })
+            ..GcReport::default()
+        };
+        for store in self.stores.writable() {
+            report.abandoned_writes_removed += store.blobs.sweep_incomplete(min_age).await?;
+            report.orphan_blobs_deleted +=
+                delete_orphan_blobs(self.meta.as_ref(), &store.id, store.blobs.as_ref(), min_age)
+                    .await?;
+        }
+        Ok(report)
     }
 
     /// Time between collector runs.

@@ -4,7 +4,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use ims_blob::{BlobKey, BlobStore, BlobStream};
+use futures::StreamExt;
+use ims_blob::hash::StreamHasher;
+use ims_blob::{BlobKey, BlobStream};
 use ims_domain::image::{MAX_MEMBERS, MAX_TAGS, validate_tag};
 use ims_domain::{
     Caller, ErrorKind, Image, ImageListQuery, ImageStatus, ListScope, Member, MemberStatus,
@@ -15,14 +17,14 @@ use ims_meta::{MetaError, MetaStore};
 use crate::config::{GcConfig, Limits};
 use crate::error::{ServiceError, ServiceResult};
 use crate::patch::{self, AttrValue, PatchDialect, PatchOp};
+use crate::stores::{Store, Stores};
 
 /// Retries of an optimistic update that lost a race before giving up with 409.
 const MAX_UPDATE_ATTEMPTS: usize = 8;
 
 pub struct ImageService {
     pub(crate) meta: Arc<dyn MetaStore>,
-    pub(crate) blobs: Arc<dyn BlobStore>,
-    pub(crate) store_name: String,
+    pub(crate) stores: Arc<Stores>,
     pub(crate) limits: Limits,
     pub(crate) gc: GcConfig,
 }
@@ -45,22 +47,21 @@ pub fn parse_image_id(id: &str) -> ServiceResult<uuid::Uuid> {
 impl ImageService {
     pub fn new(
         meta: Arc<dyn MetaStore>,
-        blobs: Arc<dyn BlobStore>,
-        store_name: String,
+        stores: Arc<Stores>,
         limits: Limits,
         gc: GcConfig,
     ) -> Self {
         ImageService {
             meta,
-            blobs,
-            store_name,
+            stores,
             limits,
             gc,
         }
     }
 
-    pub fn store_name(&self) -> &str {
-        &self.store_name
+    /// The node's stores.
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
     }
 
     /// What a project stores, for `/v2/info/usage`.
@@ -219,7 +220,7 @@ impl ImageService {
 
     pub async fn delete(&self, caller: &Caller, id: uuid::Uuid) -> ServiceResult<()> {
         self.owned(caller, id, "delete_image").await?;
-        let mut blob = None;
+        let mut data = None;
         self.mutate(id, |image| {
             if image.protected {
                 return Err(ServiceError::forbidden(format!(
@@ -228,22 +229,153 @@ impl ImageService {
             }
             image.transition(ImageStatus::Deleted)?;
             image.deleted_at = Some(ims_domain::now());
-            blob = image.data.take().map(|d| d.blob_key);
+            data = image.data.take();
             Ok(())
         })
         .await?;
-        // The record no longer references the blob; if this delete fails, the collector will.
-        // In-region copies share their source's blob: it goes with the last image naming it.
-        let blob = match blob {
-            Some(key) if self.meta.blob_reference_count(&key).await? > 0 => None,
-            other => other,
-        };
-        if let Some(key) = blob.and_then(|k| BlobKey::parse(&k).ok())
-            && let Err(e) = self.blobs.delete(&key).await
-        {
-            tracing::warn!(image_id = %id, error = %e, "deleting image data failed; garbage collection will retry");
+        if let Some(data) = data {
+            for store in &data.stores {
+                self.delete_unreferenced(id, store, &data.blob_key).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Deletes `key` from `store` unless an image still names it there (in-region copies share
+    /// their source's blob: it goes with the last image naming it). The record no longer
+    /// references it; if this delete fails, the collector will.
+    async fn delete_unreferenced(
+        &self,
+        id: uuid::Uuid,
+        store: &str,
+        key: &str,
+    ) -> ServiceResult<()> {
+        let Some(store) = self.stores.get(store).filter(|s| !s.read_only) else {
+            return Ok(());
+        };
+        if self.meta.blob_reference_count(key, &store.id).await? > 0 {
+            return Ok(());
+        }
+        if let Some(key) = BlobKey::parse(key).ok()
+            && let Err(e) = store.blobs.delete(&key).await
+        {
+            tracing::warn!(image_id = %id, store = %store.id, error = %e, "deleting image data failed; garbage collection will retry");
+        }
+        Ok(())
+    }
+
+    /// `DELETE /v2/stores/{store}/{id}` (admin): the store no longer holds the image's data.
+    /// Glance's rules: multi-store only (404), a store this node does not have is 409, the
+    /// image must be active (409), hold data in the store (404) and somewhere else too — the
+    /// last copy is 403 (delete the image instead).
+    pub async fn delete_from_store(
+        &self,
+        caller: &Caller,
+        store_id: &str,
+        id: uuid::Uuid,
+    ) -> ServiceResult<()> {
+        if !self.stores.is_multi() {
+            return Err(ServiceError::not_found(
+                "Multi backend is not supported at this site.",
+            ));
+        }
+        if self.stores.get(store_id).is_none() {
+            return Err(ServiceError::conflict(format!(
+                "The selected store {store_id} is not available on this node."
+            )));
+        }
+        self.visible(caller, id).await?;
+        if !caller.is_admin() {
+            return Err(ServiceError::forbidden(
+                "You are not authorized to complete delete_image_location action.",
+            ));
+        }
+        let mut key = String::new();
+        self.mutate(id, |image| {
+            if image.status != ImageStatus::Active {
+                return Err(ServiceError::conflict(
+                    "It's not allowed to remove image data from store if image status is not 'active'",
+                ));
+            }
+            let data = image
+                .data
+                .as_mut()
+                .filter(|d| d.in_store(store_id))
+                .ok_or_else(|| {
+                    ServiceError::not_found(format!("Image {id} has no data in store {store_id}."))
+                })?;
+            if data.stores.len() == 1 {
+                return Err(ServiceError::forbidden(
+                    "Cannot delete image data from the only store containing it. Consider deleting the image instead.",
+                ));
+            }
+            data.stores.retain(|s| s != store_id);
+            key = data.blob_key.clone();
+            Ok(())
+        })
+        .await?;
+        self.delete_unreferenced(id, store_id, &key).await
+    }
+
+    /// Copies the data of `image` (which has data) into `target` under the same key, checking
+    /// size and sha512 on the way, then records `target` among the image's stores. The copy is
+    /// discarded if the image lost or changed its data meanwhile.
+    pub(crate) async fn copy_to_store(
+        &self,
+        image: &Image,
+        target: &Store,
+    ) -> ServiceResult<Image> {
+        let id = image.id;
+        let data = image
+            .data
+            .as_ref()
+            .ok_or_else(|| ServiceError::conflict(format!("Image {id} has no data to copy.")))?;
+        let key = BlobKey::parse(&data.blob_key)
+            .map_err(|e| ServiceError::internal("image blob key", &e))?;
+        let mut source = self.open_stores(&data.stores, &key, None).await?;
+        let mut writer = target.blobs.create(&key).await?;
+        let hasher = StreamHasher::new();
+        let mut copied: u64 = 0;
+        while let Some(chunk) = source.next().await {
+            let chunk = chunk?;
+            copied += chunk.len() as u64;
+            hasher.update(chunk.clone()).await;
+            writer.write(chunk).await?;
+        }
+        let hashes = hasher.finish().await;
+        if copied != data.size as u64 || hashes.sha512 != data.os_hash_value {
+            return Err(ServiceError::new(
+                ErrorKind::Internal,
+                format!(
+                    "The data of image {id} read back differently; not copied to {}.",
+                    target.id
+                ),
+            ));
+        }
+        writer.commit().await?;
+        let stores = self.stores.clone();
+        let recorded = self
+            .mutate(id, |image| {
+                let current = image
+                    .data
+                    .as_mut()
+                    .filter(|d| d.blob_key == key.as_str() && image.status == ImageStatus::Active)
+                    .ok_or_else(|| {
+                        ServiceError::conflict(format!(
+                            "Image {id} changed while its data was copied."
+                        ))
+                    })?;
+                if !current.in_store(&target.id) {
+                    current.stores.push(target.id.clone());
+                    stores.order(&mut current.stores);
+                }
+                Ok(())
+            })
+            .await;
+        if recorded.is_err() {
+            crate::upload::discard(&target.blobs, &key).await;
+        }
+        recorded
     }
 
     /// `deactivate` (active → deactivated) or `reactivate` (deactivated → active). Doing it
@@ -334,7 +466,39 @@ impl ImageService {
             .ok_or_else(|| ServiceError::not_found("The image has no data"))?;
         let key = BlobKey::parse(&data.blob_key)
             .map_err(|e| ServiceError::internal("image blob key", &e))?;
-        Ok(self.blobs.open(&key, range).await?)
+        self.open_stores(&data.stores, &key, range).await
+    }
+
+    /// Opens `key` from the first of `stores` that serves it, highest weight first; a store
+    /// that fails is logged and the next one tried.
+    async fn open_stores(
+        &self,
+        stores: &[String],
+        key: &BlobKey,
+        range: Option<Range<u64>>,
+    ) -> ServiceResult<BlobStream> {
+        let mut ordered = stores.to_vec();
+        self.stores.order(&mut ordered);
+        let mut last_error = None;
+        for id in &ordered {
+            let Some(store) = self.stores.get(id) else {
+                continue;
+            };
+            match store.blobs.open(key, range.clone()).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    tracing::warn!(store = %id, blob = %key, error = %e, "reading image data failed; trying the next store");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(match last_error {
+            Some(e) => e.into(),
+            None => ServiceError::new(
+                ErrorKind::Unavailable,
+                "No store of this node holds the image data.",
+            ),
+        })
     }
 
     // Members.

@@ -1,9 +1,12 @@
 //! Interoperable image import: staging (`PUT /v2/images/{id}/stage`), the import call, and the
 //! job that does the work. The call only checks, locks the image (`os_glance_import_task` names
-//! the job) and submits an `ims-jobs` job; a worker — on any node — streams the data from the
-//! staging area (`glance-direct`) or from a URL fetched under [`crate::fetch`]'s rules
-//! (`web-download`) through the same inspection and publication path as an upload. Glance's tasks
-//! (`/v2/tasks`, `/v2/images/{id}/tasks`) are views over these jobs.
+//! the job), chooses the target stores (`stores`, `all_stores`) and submits an `ims-jobs` job; a
+//! worker — on any node — streams the data from the staging area (`glance-direct`) or from a URL
+//! fetched under [`crate::fetch`]'s rules (`web-download`) through the same inspection and
+//! publication path as an upload into the first target store, then copies it to the others
+//! (`copy-image` does only the copying, for an active image). Progress shows in
+//! `os_glance_importing_to_stores` and `os_glance_failed_import`. Glance's tasks (`/v2/tasks`,
+//! `/v2/images/{id}/tasks`) are views over these jobs.
 
 use std::sync::Arc;
 
@@ -21,6 +24,7 @@ use crate::config::{ImportConfig, ImportMethod};
 use crate::error::{ServiceError, ServiceResult};
 use crate::fetch::{UrlPolicy, open_url};
 use crate::images::ImageService;
+use crate::stores::Store;
 
 /// The job kind of an image import.
 pub const IMPORT_JOB_KIND: &str = "glance.image_import";
@@ -51,6 +55,43 @@ pub struct ImportRequest {
     pub method: ImportMethod,
     /// The source URL (`web-download`).
     pub uri: Option<String>,
+    /// Stores named by `stores` or `X-Image-Meta-Store`; none = the default store.
+    pub stores: Vec<String>,
+    /// Every writable store (for `copy-image`: every one not holding the data yet).
+    pub all_stores: bool,
+    /// Whether one failed store fails the import (Glance's default, true) or is only recorded
+    /// in `os_glance_failed_import`.
+    pub all_stores_must_succeed: bool,
+}
+
+impl ImportRequest {
+    /// A request for `method` into the default store.
+    pub fn new(method: ImportMethod) -> ImportRequest {
+        ImportRequest {
+            method,
+            uri: None,
+            stores: Vec::new(),
+            all_stores: false,
+            all_stores_must_succeed: true,
+        }
+    }
+}
+
+/// Joins store ids as Glance's comma-list properties show them.
+fn store_list(stores: &[String]) -> String {
+    stores.join(",")
+}
+
+/// The ids of a comma-list property (empty entries dropped).
+fn parse_store_list(value: Option<&String>) -> Vec<String> {
+    value
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Staging and import, over the image service and the job store.
@@ -76,9 +117,20 @@ impl ImportService {
         }
     }
 
-    /// Methods offered, for `/v2/info/import`.
+    /// Methods offered, for `/v2/info/import`: `copy-image` only with several stores (with
+    /// one there is nowhere to copy to).
     pub fn methods(&self) -> Vec<&'static str> {
-        self.config.methods.iter().map(|m| m.as_str()).collect()
+        self.config
+            .methods
+            .iter()
+            .filter(|m| self.offers(**m))
+            .map(|m| m.as_str())
+            .collect()
+    }
+
+    fn offers(&self, method: ImportMethod) -> bool {
+        self.config.methods.contains(&method)
+            && (method != ImportMethod::CopyImage || self.images.stores().is_multi())
     }
 
     pub fn jobs(&self) -> &Arc<dyn JobStore> {
@@ -137,7 +189,7 @@ impl ImportService {
     }
 
     fn require_method(&self, method: ImportMethod) -> ServiceResult<()> {
-        if self.config.methods.contains(&method) {
+        if self.offers(method) {
             Ok(())
         } else {
             Err(ServiceError::invalid(format!(
@@ -148,32 +200,59 @@ impl ImportService {
     }
 
     /// `POST /v2/images/{id}/import`: checks, locks the image and submits the job. Returns the
-    /// job (Glance answers 202 with no body).
+    /// job (Glance answers 202 with no body), or `None` when `copy-image` to `all_stores` finds
+    /// every store already holding the data (Glance then starts no task).
     pub async fn import(
         &self,
         caller: &Caller,
         id: uuid::Uuid,
         request: ImportRequest,
         request_id: Option<String>,
-    ) -> ServiceResult<Job> {
+    ) -> ServiceResult<Option<Job>> {
         self.require_method(request.method)?;
-        let image = self.images.owned(caller, id, "import_image").await?;
-        if image.container_format.is_none() || image.disk_format.is_none() {
+        if !request.all_stores_must_succeed && !self.images.stores().is_multi() {
             return Err(ServiceError::invalid(
+                "'all_stores_must_succeed' can only be false with multiple stores.",
+            ));
+        }
+        let copy = request.method == ImportMethod::CopyImage;
+        let image = if copy {
+            let image = self.images.get(caller, id).await?;
+            if !caller.is_admin() {
+                return Err(ServiceError::forbidden(
+                    "You are not authorized to complete copy_image action.",
+                ));
+            }
+            image
+        } else {
+            self.images.owned(caller, id, "import_image").await?
+        };
+        if image.container_format.is_none() || image.disk_format.is_none() {
+            return Err(ServiceError::conflict(
                 "'disk_format' and 'container_format' must be set before import.",
             ));
         }
         let needed = match request.method {
             ImportMethod::GlanceDirect => ImageStatus::Uploading,
             ImportMethod::WebDownload => ImageStatus::Queued,
+            ImportMethod::CopyImage => ImageStatus::Active,
         };
         if image.status != needed {
-            return Err(ServiceError::conflict(format!(
-                "Image status {} is not valid for import method {}; it must be {}.",
-                image.status.as_str(),
-                request.method.as_str(),
-                needed.as_str()
-            )));
+            let message = if request.method == ImportMethod::GlanceDirect {
+                "Image needs to be staged before 'glance-direct' method can be used".to_owned()
+            } else {
+                format!(
+                    "Image status {} is not valid for import method {}; it must be {}.",
+                    image.status.as_str(),
+                    request.method.as_str(),
+                    needed.as_str()
+                )
+            };
+            return Err(ServiceError::conflict(message));
+        }
+        let targets = self.targets(&image, &request)?;
+        if targets.is_empty() {
+            return Ok(None);
         }
         let uri = match request.method {
             ImportMethod::WebDownload => {
@@ -183,21 +262,29 @@ impl ImportService {
                 // Refuse what the policy refuses now, with a 400; the worker checks again.
                 crate::fetch::check_url(&self.handler_policy(), &uri)
                     .await
-                    .map_err(|e| ServiceError::invalid(format!("URI refused: {e}")))?;
+                    .map_err(|e| {
+                        ServiceError::invalid(format!(
+                            "URI for web-download does not pass filtering: {e}"
+                        ))
+                    })?;
                 Some(uri)
             }
-            ImportMethod::GlanceDirect => None,
+            ImportMethod::GlanceDirect | ImportMethod::CopyImage => None,
         };
         self.check_lock(&image).await?;
 
-        let store = self.images.store_name().to_owned();
         let mut job = NewJob::new(
             IMPORT_JOB_KIND,
             image.owner.as_deref().unwrap_or(&caller.project_id),
             json!({
                 "image_id": id.to_string(),
-                "import_req": {"method": {"name": request.method.as_str(), "uri": uri}},
-                "backend": [store.clone()],
+                "import_req": {
+                    "method": {"name": request.method.as_str(), "uri": uri},
+                    "stores": request.stores,
+                    "all_stores": request.all_stores,
+                    "all_stores_must_succeed": request.all_stores_must_succeed,
+                },
+                "backend": targets,
             }),
         );
         job.image_id = Some(id);
@@ -214,14 +301,20 @@ impl ImportService {
                         image.status.as_str()
                     )));
                 }
-                image.transition(ImageStatus::Importing)?;
+                if !copy {
+                    image.transition(ImageStatus::Importing)?;
+                }
                 image
                     .properties
                     .insert(LOCK_PROPERTY.into(), job_id.to_string());
                 image
                     .properties
-                    .insert(IMPORTING_PROPERTY.into(), store.clone());
-                image.properties.remove(FAILED_PROPERTY);
+                    .insert(IMPORTING_PROPERTY.into(), store_list(&targets));
+                let mut failed = parse_store_list(image.properties.get(FAILED_PROPERTY));
+                failed.retain(|s| !targets.contains(s));
+                image
+                    .properties
+                    .insert(FAILED_PROPERTY.into(), store_list(&failed));
                 Ok(())
             })
             .await?;
@@ -229,12 +322,54 @@ impl ImportService {
         let job = match submitted {
             Ok(job) => job,
             Err(e) => {
-                release(&self.images, id, from, None).await;
+                release(&self.images, id, (!copy).then_some(from)).await;
                 return Err(ServiceError::internal("submitting the import job", &e));
             }
         };
         self.waker.wake();
-        Ok(job)
+        Ok(Some(job))
+    }
+
+    /// The stores an import writes to, in weight order. Unknown or read-only stores are 409;
+    /// `copy-image` to a store already holding the data is 400, and with `all_stores` such
+    /// stores are skipped.
+    fn targets(&self, image: &Image, request: &ImportRequest) -> ServiceResult<Vec<String>> {
+        let stores = self.images.stores();
+        let copy = request.method == ImportMethod::CopyImage;
+        let held = |id: &str| image.data.as_ref().is_some_and(|d| d.in_store(id));
+        let mut targets: Vec<String> = if request.all_stores {
+            stores
+                .writable()
+                .filter(|s| !(copy && held(&s.id)))
+                .map(|s| s.id.clone())
+                .collect()
+        } else if request.stores.is_empty() {
+            if copy {
+                return Err(ServiceError::invalid(
+                    "copy-image needs 'stores' or 'all_stores'.",
+                ));
+            }
+            vec![stores.default_store().id.clone()]
+        } else {
+            let mut named = Vec::with_capacity(request.stores.len());
+            for id in &request.stores {
+                stores
+                    .writable_store(id)
+                    .map_err(|e| ServiceError::conflict(e.message))?;
+                if copy && held(id) {
+                    return Err(ServiceError::invalid(format!(
+                        "Image {} already exists in store {id}.",
+                        image.id
+                    )));
+                }
+                if !named.contains(id) {
+                    named.push(id.clone());
+                }
+            }
+            named
+        };
+        stores.order(&mut targets);
+        Ok(targets)
     }
 
     /// 400 unless web-download is enabled and `uri` passes the URL policy now.
@@ -243,7 +378,9 @@ impl ImportService {
         crate::fetch::check_url(&self.handler_policy(), uri)
             .await
             .map(|_| ())
-            .map_err(|e| ServiceError::invalid(format!("URI refused: {e}")))
+            .map_err(|e| {
+                ServiceError::invalid(format!("URI for web-download does not pass filtering: {e}"))
+            })
     }
 
     fn handler_policy(&self) -> UrlPolicy {
@@ -316,22 +453,21 @@ impl ImportService {
     }
 }
 
-/// Ends an import's hold on the image: clears the lock and importing properties and, when it
-/// failed, puts the image back to `queued` (from `from`) and records the stores in
-/// `os_glance_failed_import`.
-async fn release(images: &ImageService, id: uuid::Uuid, from: ImageStatus, failed: Option<&str>) {
+/// Ends an import's hold on the image: clears the lock and the stores still listed as
+/// importing. With `revert_from`, an image still in that status goes back to `queued` without
+/// data (a failed import of new data).
+async fn release(images: &ImageService, id: uuid::Uuid, revert_from: Option<ImageStatus>) {
     let released = images
         .mutate(id, |image| {
             image.properties.remove(LOCK_PROPERTY);
-            image.properties.remove(IMPORTING_PROPERTY);
-            if let Some(stores) = failed {
-                image
-                    .properties
-                    .insert(FAILED_PROPERTY.into(), stores.to_owned());
-                if image.status == from {
-                    image.transition(ImageStatus::Queued)?;
-                    image.data = None;
-                }
+            image
+                .properties
+                .insert(IMPORTING_PROPERTY.into(), String::new());
+            if let Some(from) = revert_from
+                && image.status == from
+            {
+                image.transition(ImageStatus::Queued)?;
+                image.data = None;
             }
             Ok(())
         })
@@ -341,40 +477,141 @@ async fn release(images: &ImageService, id: uuid::Uuid, from: ImageStatus, faile
     }
 }
 
+/// Records that the import is done with `store`: it leaves `os_glance_importing_to_stores` and,
+/// if it failed, joins `os_glance_failed_import`.
+async fn record_store(images: &ImageService, id: uuid::Uuid, store: &str, failed: bool) {
+    let recorded = images
+        .mutate(id, |image| {
+            let mut importing = parse_store_list(image.properties.get(IMPORTING_PROPERTY));
+            importing.retain(|s| s != store);
+            image
+                .properties
+                .insert(IMPORTING_PROPERTY.into(), store_list(&importing));
+            if failed {
+                let mut failures = parse_store_list(image.properties.get(FAILED_PROPERTY));
+                if !failures.iter().any(|s| s == store) {
+                    failures.push(store.to_owned());
+                }
+                image
+                    .properties
+                    .insert(FAILED_PROPERTY.into(), store_list(&failures));
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(image_id = %id, store, error = %e, "recording import progress");
+    }
+}
+
 /// Runs import jobs.
 struct ImportHandler {
     images: Arc<ImageService>,
     policy: UrlPolicy,
 }
 
+/// What an import job was asked to do, read back from its payload.
+struct ImportJob {
+    id: uuid::Uuid,
+    method: ImportMethod,
+    uri: Option<String>,
+    targets: Vec<String>,
+    must_succeed: bool,
+}
+
+impl ImportJob {
+    fn parse(job: &Job) -> Result<ImportJob, JobFailure> {
+        let payload = &job.payload;
+        let id = job
+            .image_id
+            .ok_or_else(|| JobFailure::Fatal("import job names no image".into()))?;
+        let request = &payload["import_req"];
+        let method_name = request["method"]["name"].as_str().unwrap_or("");
+        let method = ImportMethod::parse(method_name)
+            .ok_or_else(|| JobFailure::Fatal(format!("unknown import method {method_name:?}")))?;
+        let targets: Vec<String> = payload["backend"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if targets.is_empty() {
+            return Err(JobFailure::Fatal("import job names no store".into()));
+        }
+        Ok(ImportJob {
+            id,
+            method,
+            uri: request["method"]["uri"].as_str().map(str::to_owned),
+            targets,
+            must_succeed: request["all_stores_must_succeed"].as_bool().unwrap_or(true),
+        })
+    }
+}
+
 impl ImportHandler {
-    /// Streams the source into the image. Errors are final for the job (as in Glance, a failed
-    /// import leaves the image `queued` for another attempt by the user).
-    async fn import(
-        &self,
-        image: &Image,
-        method: ImportMethod,
-        uri: Option<&str>,
-    ) -> ServiceResult<Image> {
-        match method {
+    /// Streams the source into the image in `store` and publishes it.
+    async fn ingest(&self, image: &Image, job: &ImportJob, store: &Store) -> ServiceResult<Image> {
+        match job.method {
             ImportMethod::GlanceDirect => {
                 let key = staging_key(image.id);
-                let stream = self.images.blobs.open(&key, None).await.map_err(|e| {
-                    ServiceError::new(ErrorKind::NotFound, format!("No staged data: {e}"))
-                })?;
+                let stream = self
+                    .images
+                    .stores()
+                    .staging()
+                    .open(&key, None)
+                    .await
+                    .map_err(|e| {
+                        ServiceError::new(ErrorKind::NotFound, format!("No staged data: {e}"))
+                    })?;
                 self.images
-                    .ingest(image, stream, None, ImageStatus::Importing)
+                    .ingest(image, stream, None, ImageStatus::Importing, store)
                     .await
             }
             ImportMethod::WebDownload => {
-                let uri = uri.ok_or_else(|| ServiceError::invalid("no uri"))?;
+                let uri = job
+                    .uri
+                    .as_deref()
+                    .ok_or_else(|| ServiceError::invalid("no uri"))?;
                 let response = open_url(&self.policy, uri)
                     .await
                     .map_err(|e| ServiceError::invalid(format!("fetching {uri}: {e}")))?;
                 let stream = response.bytes_stream().boxed();
                 self.images
-                    .ingest(image, stream, None, ImageStatus::Importing)
+                    .ingest(image, stream, None, ImageStatus::Importing, store)
                     .await
+            }
+            ImportMethod::CopyImage => Err(ServiceError::conflict(format!(
+                "Image {} has no data to copy.",
+                image.id
+            ))),
+        }
+    }
+
+    /// Brings new data into the first target store (publishing the image) if the image has
+    /// none yet. A failure here fails the whole import and puts the image back to `queued`.
+    async fn ingest_first(&self, image: Image, job: &ImportJob) -> Result<Image, JobFailure> {
+        if image.data.is_some() {
+            return Ok(image);
+        }
+        let first = &job.targets[0];
+        let ingested = match self.images.stores().writable_store(first) {
+            Ok(store) => self.ingest(&image, job, store).await,
+            Err(e) => Err(e),
+        };
+        match ingested {
+            Ok(image) => {
+                record_store(&self.images, job.id, first, false).await;
+                Ok(image)
+            }
+            Err(err) => {
+                for store in &job.targets {
+                    record_store(&self.images, job.id, store, true).await;
+                }
+                release(&self.images, job.id, Some(ImageStatus::Importing)).await;
+                self.discard_staging(job).await;
+                Err(JobFailure::Fatal(err.to_string()))
             }
         }
     }
@@ -383,18 +620,8 @@ impl ImportHandler {
 #[async_trait]
 impl JobHandler for ImportHandler {
     async fn run(&self, ctx: &JobContext) -> Result<Value, JobFailure> {
-        let job = ctx.job();
-        let payload = &job.payload;
-        let id = job
-            .image_id
-            .ok_or_else(|| JobFailure::Fatal("import job names no image".into()))?;
-        let method_name = payload["import_req"]["method"]["name"]
-            .as_str()
-            .unwrap_or("");
-        let method = ImportMethod::parse(method_name)
-            .ok_or_else(|| JobFailure::Fatal(format!("unknown import method {method_name:?}")))?;
-        let uri = payload["import_req"]["method"]["uri"].as_str();
-        let store = self.images.store_name().to_owned();
+        let job = ImportJob::parse(ctx.job())?;
+        let id = job.id;
         let image = self
             .images
             .meta
@@ -403,43 +630,103 @@ impl JobHandler for ImportHandler {
             .map_err(|e| JobFailure::Retry(format!("reading image {id}: {e}")))?
             .filter(|i| i.status != ImageStatus::Deleted)
             .ok_or_else(|| JobFailure::Fatal(format!("image {id} was deleted")))?;
-        let holds_lock = image.properties.get(LOCK_PROPERTY) == Some(&job.id.to_string());
-        if image.status == ImageStatus::Active && image.data.is_some() {
-            // An earlier attempt published the image and died before recording success.
-            if holds_lock {
-                release(&self.images, id, ImageStatus::Importing, None).await;
-            }
-            return Ok(json!({"image_id": id.to_string(), "stores": [store]}));
-        }
-        if image.status != ImageStatus::Importing || !holds_lock {
+        let job_id = ctx.job().id.to_string();
+        if image.properties.get(LOCK_PROPERTY) != Some(&job_id) {
             return Err(JobFailure::Fatal(format!(
                 "image {id} is {} and not held by this import",
                 image.status.as_str()
             )));
         }
-        match self.import(&image, method, uri).await {
-            Ok(_) => {
-                release(&self.images, id, ImageStatus::Importing, None).await;
-                if method == ImportMethod::GlanceDirect {
-                    self.discard_staging(id).await;
-                }
-                Ok(json!({"image_id": id.to_string(), "stores": [store]}))
+        let fresh = image.data.is_none();
+        if fresh && image.status != ImageStatus::Importing {
+            return Err(JobFailure::Fatal(format!(
+                "image {id} is {} and has no data to import into",
+                image.status.as_str()
+            )));
+        }
+        // An earlier attempt may have published the image or copied some stores already; the
+        // stores the image holds are not written again.
+        let mut image = self.ingest_first(image, &job).await?;
+        let mut failed = Vec::new();
+        for target in &job.targets {
+            if image.data.as_ref().is_some_and(|d| d.in_store(target)) {
+                continue;
             }
-            Err(err) => {
-                release(&self.images, id, ImageStatus::Importing, Some(&store)).await;
-                if method == ImportMethod::GlanceDirect {
-                    self.discard_staging(id).await;
+            let copied = match self.images.stores().writable_store(target) {
+                Ok(store) => self.images.copy_to_store(&image, store).await,
+                Err(e) => Err(e),
+            };
+            match copied {
+                Ok(updated) => {
+                    image = updated;
+                    record_store(&self.images, id, target, false).await;
                 }
-                Err(JobFailure::Fatal(err.to_string()))
+                Err(e) => {
+                    tracing::warn!(image_id = %id, store = %target, error = %e, "import to a store failed");
+                    record_store(&self.images, id, target, true).await;
+                    failed.push(format!("{target}: {e}"));
+                }
             }
         }
+        self.discard_staging(&job).await;
+        let fails_import = !failed.is_empty() && job.must_succeed;
+        if fails_import && job.method != ImportMethod::CopyImage {
+            // All stores had to succeed: the image goes back to queued, its data everywhere.
+            self.revert(&image).await;
+        } else {
+            release(&self.images, id, None).await;
+        }
+        if fails_import {
+            return Err(JobFailure::Fatal(format!(
+                "importing to stores failed: {}",
+                failed.join("; ")
+            )));
+        }
+        let stores = image.data.map(|d| d.stores).unwrap_or_default();
+        Ok(json!({"image_id": id.to_string(), "stores": stores}))
     }
 }
 
 impl ImportHandler {
-    async fn discard_staging(&self, id: uuid::Uuid) {
-        if let Err(e) = self.images.blobs.delete(&staging_key(id)).await {
-            tracing::warn!(image_id = %id, error = %e, "deleting staged data; the collector will retry");
+    async fn discard_staging(&self, job: &ImportJob) {
+        if job.method != ImportMethod::GlanceDirect {
+            return;
+        }
+        let staging = self.images.stores().staging();
+        if let Err(e) = staging.delete(&staging_key(job.id)).await {
+            tracing::warn!(image_id = %job.id, error = %e, "deleting staged data; the collector will retry");
+        }
+    }
+
+    /// Puts a published image back to `queued` and deletes its data from every store.
+    async fn revert(&self, image: &Image) {
+        let id = image.id;
+        let reverted = self
+            .images
+            .mutate(id, |image| {
+                image.properties.remove(LOCK_PROPERTY);
+                image
+                    .properties
+                    .insert(IMPORTING_PROPERTY.into(), String::new());
+                image.status = ImageStatus::Queued;
+                image.data = None;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = reverted {
+            tracing::warn!(image_id = %id, error = %e, "reverting a failed import");
+            return;
+        }
+        if let Some(data) = &image.data
+            && let Ok(key) = BlobKey::parse(&data.blob_key)
+        {
+            for store in data
+                .stores
+                .iter()
+                .filter_map(|s| self.images.stores().get(s))
+            {
+                crate::upload::discard(&store.blobs, &key).await;
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod import;
 pub mod metadefs;
 pub mod patch;
 pub mod sdk_signature;
+pub mod stores;
 pub mod upload;
 
 pub use app::App;

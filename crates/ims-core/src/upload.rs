@@ -3,18 +3,20 @@
 //! the declared size while streaming; publish the image only after its data is durable and
 //! inspected. Any failure discards the blob and puts the image back to `queued` untouched.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use ims_blob::hash::StreamHasher;
-use ims_blob::{BlobKey, BlobWriter};
+use ims_blob::{BlobKey, BlobStore, BlobWriter};
 use ims_diskfmt::probe::{InspectionWindow, probe};
 use ims_domain::image::ImageData;
 use ims_domain::{Caller, Image, ImageStatus};
 
 use crate::error::{ServiceError, ServiceResult};
 use crate::images::ImageService;
+use crate::stores::Store;
 
 /// Heartbeats per stale period: a live upload refreshes its image's `updated_at` this many
 /// times before the collector would consider it dead.
@@ -27,18 +29,21 @@ const COALESCE_BYTES: usize = 1 << 20;
 struct Abort(ServiceError);
 
 impl ImageService {
-    /// `PUT /v2/images/{id}/file`. `declared_size` is the client's `x-openstack-image-size`.
+    /// `PUT /v2/images/{id}/file`. `declared_size` is the client's `x-openstack-image-size`;
+    /// `store` the store the client chose (`X-Image-Meta-Store`), else the default store.
     pub async fn upload<S, E>(
         &self,
         caller: &Caller,
         id: uuid::Uuid,
         body: S,
         declared_size: Option<u64>,
+        store: Option<&str>,
     ) -> ServiceResult<Image>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
+        let store = self.target_store(store)?;
         self.owned(caller, id, "upload_image").await?;
         let image = self
             .mutate(id, |image| {
@@ -48,7 +53,7 @@ impl ImageService {
             })
             .await?;
         let ingested = self
-            .ingest(&image, body, declared_size, ImageStatus::Saving)
+            .ingest(&image, body, declared_size, ImageStatus::Saving, store)
             .await;
         if ingested.is_err() {
             self.restore_queued(id).await;
@@ -56,15 +61,29 @@ impl ImageService {
         ingested
     }
 
-    /// Streams `body` into a new blob of `image` (whose status is `in_flight`: `saving` for an
-    /// upload, `importing` for an import), inspects it and publishes the image `active`. On
-    /// failure the blob is discarded and the image left as it is, for the caller to restore.
+    /// The store a write goes to: the one named (it must exist and be writable; an unknown
+    /// store is invalid input), else the default store.
+    pub(crate) fn target_store(&self, id: Option<&str>) -> ServiceResult<&Store> {
+        match id {
+            None => Ok(self.stores.default_store()),
+            Some(id) => self
+                .stores
+                .writable_store(id)
+                .map_err(|e| ServiceError::invalid(e.message)),
+        }
+    }
+
+    /// Streams `body` into a new blob of `image` in `store` (the image's status is `in_flight`:
+    /// `saving` for an upload, `importing` for an import), inspects it and publishes the image
+    /// `active`. On failure the blob is discarded and the image left as it is, for the caller to
+    /// restore.
     pub(crate) async fn ingest<S, E>(
         &self,
         image: &Image,
         body: S,
         declared_size: Option<u64>,
         in_flight: ImageStatus,
+        store: &Store,
     ) -> ServiceResult<Image>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
@@ -76,7 +95,14 @@ impl ImageService {
         let bare = image.container_format.as_deref() == Some("bare");
         let key = BlobKey::for_image(id);
         let outcome = self
-            .stream_into_blob(id, &key, owner.as_deref(), body, declared_size)
+            .stream_into_blob(
+                &store.blobs,
+                id,
+                &key,
+                owner.as_deref(),
+                body,
+                declared_size,
+            )
             .await;
         let (size, hashes, window) = match outcome {
             Ok(parts) => parts,
@@ -103,7 +129,7 @@ impl ImageService {
         let virtual_size = match inspected {
             Ok(v) => v,
             Err(err) => {
-                self.discard(&key).await;
+                discard(&store.blobs, &key).await;
                 return Err(err);
             }
         };
@@ -112,14 +138,14 @@ impl ImageService {
         // failure only means no properties are filled).
         let os_properties = match virtual_size {
             Some(_) if bare => {
-                crate::guest::inspect_blob(self.blobs.clone(), key.clone(), size, id).await
+                crate::guest::inspect_blob(store.blobs.clone(), key.clone(), size, id).await
             }
             _ => None,
         };
 
         let data = ImageData {
             blob_key: key.as_str().to_string(),
-            store: self.store_name.clone(),
+            stores: vec![store.id.clone()],
             size: size as i64,
             checksum: hashes.md5,
             os_hash_algo: "sha512".into(),
@@ -146,7 +172,7 @@ impl ImageService {
             })
             .await;
         if published.is_err() {
-            self.discard(&key).await;
+            discard(&store.blobs, &key).await;
             if self
                 .meta
                 .get_image(id)
@@ -179,7 +205,7 @@ impl ImageService {
         E: std::fmt::Display,
     {
         match self
-            .stream_into_blob(id, key, owner, body, declared_size)
+            .stream_into_blob(self.stores.staging(), id, key, owner, body, declared_size)
             .await
         {
             Ok((size, _, _)) => Ok(size),
@@ -187,10 +213,11 @@ impl ImageService {
         }
     }
 
-    /// Streams `body` into a fresh blob at `key`. On error nothing is left behind (the writer is
-    /// dropped).
+    /// Streams `body` into a fresh blob at `key` of `blobs`. On error nothing is left behind (the
+    /// writer is dropped).
     async fn stream_into_blob<S, E>(
         &self,
+        blobs: &Arc<dyn BlobStore>,
         id: uuid::Uuid,
         key: &BlobKey,
         owner: Option<&str>,
@@ -226,7 +253,7 @@ impl ImageService {
         }
 
         let mut writer: Box<dyn BlobWriter> =
-            self.blobs.create(key).await.map_err(|e| Abort(e.into()))?;
+            blobs.create(key).await.map_err(|e| Abort(e.into()))?;
         let hasher = StreamHasher::new();
         let mut window = InspectionWindow::builder();
         let mut total: u64 = 0;
@@ -305,12 +332,6 @@ impl ImageService {
         }
     }
 
-    async fn discard(&self, key: &BlobKey) {
-        if let Err(e) = self.blobs.delete(key).await {
-            tracing::warn!(blob = %key, error = %e, "discarding rejected upload failed; garbage collection will retry");
-        }
-    }
-
     /// Puts a `saving` image back to `queued` with no data, as if the upload never happened.
     pub(crate) async fn restore_queued(&self, id: uuid::Uuid) {
         self.restore_queued_from(id, ImageStatus::Saving).await
@@ -331,6 +352,13 @@ impl ImageService {
         if let Err(e) = restored {
             tracing::warn!(image_id = %id, error = %e, "restoring image to queued failed");
         }
+    }
+}
+
+/// Deletes a blob that will not be published; the collector retries if this fails.
+pub(crate) async fn discard(blobs: &Arc<dyn BlobStore>, key: &BlobKey) {
+    if let Err(e) = blobs.delete(key).await {
+        tracing::warn!(blob = %key, error = %e, "discarding unpublished data failed; garbage collection will retry");
     }
 }
 

@@ -125,14 +125,23 @@ impl Visibility {
 /// Where an image's bytes live and what they hash to; all set together when data lands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageData {
-    /// Key of the blob in the store named by `store`.
+    /// Key of the blob; every store holding the data holds it under this key.
     pub blob_key: String,
-    pub store: String,
+    /// Ids of the stores holding the data, never empty, highest weight first (the order
+    /// downloads try them in and Glance's `stores` property shows).
+    pub stores: Vec<String>,
     pub size: i64,
     pub checksum: String,
     pub os_hash_algo: String,
     pub os_hash_value: String,
     pub virtual_size: Option<i64>,
+}
+
+impl ImageData {
+    /// Whether the store `id` holds the data.
+    pub fn in_store(&self, id: &str) -> bool {
+        self.stores.iter().any(|s| s == id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

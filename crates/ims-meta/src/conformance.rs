@@ -42,7 +42,8 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make;
             image_round_trip, image_duplicate_id, image_update_revision, image_update_conflict,
-            image_update_missing, project_usage, referenced_blob_keys, blob_reference_count, members, projects, users,
+            image_update_missing, project_usage, referenced_blob_keys, blob_reference_count,
+            image_stores, members, projects, users,
             role_assignments, secrets, token_revocation, list_visibility_for_project,
             list_visibility_for_admin, list_member_status, list_excludes_deleted_and_killed,
             list_match_filters, list_protected_and_hidden, list_time_filters, list_size_filters,
@@ -92,7 +93,7 @@ fn image(n: u128, owner: &str, visibility: Visibility) -> Image {
 fn data(n: u128, size: i64) -> ImageData {
     ImageData {
         blob_key: format!("blob-{n}"),
-        store: "local".into(),
+        stores: vec!["local".into()],
         size,
         checksum: format!("md5-{n}"),
         os_hash_algo: "sha512".into(),
@@ -330,22 +331,78 @@ pub async fn referenced_blob_keys(store: &dyn MetaStore) {
 }
 
 pub async fn blob_reference_count(store: &dyn MetaStore) {
-    assert_eq!(store.blob_reference_count("blob-1").await.unwrap(), 0);
+    assert_eq!(
+        store.blob_reference_count("blob-1", "local").await.unwrap(),
+        0
+    );
     let a = image(1, P1, Visibility::Private);
     let mut b = image(2, P2, Visibility::Private);
     b.data = Some(data(1, 5)); // same blob as `a`
     let mut c = image(3, P1, Visibility::Private);
     c.data = None;
     create_all(store, &[a.clone(), b, c]).await;
-    assert_eq!(store.blob_reference_count("blob-1").await.unwrap(), 2);
-    assert_eq!(store.blob_reference_count("blob-3").await.unwrap(), 0);
-    assert_eq!(store.blob_reference_count("blob-").await.unwrap(), 0);
+    assert_eq!(
+        store.blob_reference_count("blob-1", "local").await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.blob_reference_count("blob-3", "local").await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.blob_reference_count("blob-", "local").await.unwrap(),
+        0
+    );
     // Deleting drops the record's key (the service takes `data` away): one reference left.
     let mut gone = store.get_image(a.id).await.unwrap().unwrap();
     gone.status = ImageStatus::Deleted;
     gone.data = None;
     store.update_image(&gone).await.unwrap();
-    assert_eq!(store.blob_reference_count("blob-1").await.unwrap(), 1);
+    assert_eq!(
+        store.blob_reference_count("blob-1", "local").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.blob_reference_count("blob-1", "fs").await.unwrap(),
+        0,
+        "counted per store"
+    );
+}
+
+/// An image's data held by several stores: the order of the stores survives, changing the
+/// set is an ordinary update, and each store's collector sees exactly its keys.
+pub async fn image_stores(store: &dyn MetaStore) {
+    let mut a = image(1, P1, Visibility::Private);
+    a.data = Some(ImageData {
+        stores: vec!["fs2".into(), "fs".into()],
+        ..data(1, 5)
+    });
+    let mut b = image(2, P1, Visibility::Private);
+    b.data = Some(ImageData {
+        stores: vec!["fs".into()],
+        ..data(2, 5)
+    });
+    create_all(store, &[a.clone(), b]).await;
+    assert_eq!(store.get_image(a.id).await.unwrap().as_ref(), Some(&a));
+    let keys = |s: &'static str| async move { store.referenced_blob_keys_in(s).await.unwrap() };
+    assert_eq!(keys("fs").await, ["blob-1", "blob-2"]);
+    assert_eq!(keys("fs2").await, ["blob-1"]);
+    assert!(keys("f").await.is_empty(), "store ids match whole");
+
+    let mut a = store.get_image(a.id).await.unwrap().unwrap();
+    if let Some(d) = a.data.as_mut() {
+        d.stores = vec!["fs2".into(), "s3".into()];
+    }
+    let a = store.update_image(&a).await.unwrap();
+    assert_eq!(store.get_image(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(keys("fs").await, ["blob-2"]);
+    assert_eq!(keys("s3").await, ["blob-1"]);
+    let listed = store
+        .list_images(&ImageListQuery::new(ListScope::All))
+        .await
+        .unwrap();
+    let listed = listed.iter().find(|i| i.id == a.id).unwrap();
+    assert_eq!(listed.data.as_ref().unwrap().stores, ["fs2", "s3"]);
 }
 
 pub async fn members(store: &dyn MetaStore) {

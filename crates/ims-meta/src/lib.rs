@@ -78,9 +78,13 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn project_usage(&self, owner: &str) -> MetaResult<ProjectUsage>;
     /// Blob keys referenced by any image (for the garbage collector).
     async fn referenced_blob_keys(&self) -> MetaResult<Vec<String>>;
-    /// How many image records name `blob_key` (in-region copies share their source's blob;
-    /// it may go only when this is 0). One indexed lookup, not a scan of every image.
-    async fn blob_reference_count(&self, blob_key: &str) -> MetaResult<u64>;
+    /// How many image records name `blob_key` in the store `store` (in-region copies share
+    /// their source's blob; it may leave a store only when this is 0). One indexed lookup, not
+    /// a scan of every image.
+    async fn blob_reference_count(&self, blob_key: &str, store: &str) -> MetaResult<u64>;
+    /// Blob keys of images whose data the store `store` holds, sorted (the collector of that
+    /// store keeps exactly these).
+    async fn referenced_blob_keys_in(&self, store: &str) -> MetaResult<Vec<String>>;
 
     async fn add_member(&self, member: &Member) -> MetaResult<()>;
     async fn get_member(&self, image_id: uuid::Uuid, member_id: &str)

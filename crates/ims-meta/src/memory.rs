@@ -301,14 +301,30 @@ impl MetaStore for MemoryStore {
         Ok(keys.into_iter().collect())
     }
 
-    async fn blob_reference_count(&self, blob_key: &str) -> MetaResult<u64> {
+    async fn blob_reference_count(&self, blob_key: &str, store: &str) -> MetaResult<u64> {
         let st = self.state();
         let count = st
             .images
             .values()
-            .filter(|i| i.data.as_ref().is_some_and(|d| d.blob_key == blob_key))
+            .filter(|i| {
+                i.data
+                    .as_ref()
+                    .is_some_and(|d| d.blob_key == blob_key && d.in_store(store))
+            })
             .count();
         Ok(count as u64)
+    }
+
+    async fn referenced_blob_keys_in(&self, store: &str) -> MetaResult<Vec<String>> {
+        let st = self.state();
+        let keys: BTreeSet<String> = st
+            .images
+            .values()
+            .filter_map(|i| i.data.as_ref())
+            .filter(|d| d.in_store(store))
+            .map(|d| d.blob_key.clone())
+            .collect();
+        Ok(keys.into_iter().collect())
     }
 
     async fn add_member(&self, member: &Member) -> MetaResult<()> {

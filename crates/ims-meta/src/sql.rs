@@ -190,21 +190,22 @@ fn image_select(dialect: Dialect) -> String {
     let columns = "i.id, i.name, i.status, i.visibility, \
          CASE WHEN i.protected THEN 1 ELSE 0 END, CASE WHEN i.os_hidden THEN 1 ELSE 0 END, i.owner, \
          i.container_format, i.disk_format, i.min_ram, i.min_disk, i.size, i.checksum, \
-         i.os_hash_algo, i.os_hash_value, i.virtual_size, i.blob_key, i.store, i.created_at, \
+         i.os_hash_algo, i.os_hash_value, i.virtual_size, i.blob_key, i.created_at, \
          i.updated_at, i.deleted_at, i.revision";
     match dialect {
         Dialect::Sqlite => format!(
-            "SELECT json_array({columns}, json(i.tags_json), json(i.properties_json)) AS image \
-             FROM images i"
+            "SELECT json_array({columns}, json(i.stores_json), json(i.tags_json), \
+             json(i.properties_json)) AS image FROM images i"
         ),
         Dialect::Postgres => format!(
-            "SELECT json_build_array({columns}, i.tags_json::json, i.properties_json::json)::text \
-             AS image FROM images i"
+            "SELECT json_build_array({columns}, i.stores_json::json, i.tags_json::json, \
+             i.properties_json::json)::text AS image FROM images i"
         ),
     }
 }
 
-/// One image as [`image_select`] returns it: a JSON array in the column order of `IMAGE_INSERT`.
+/// One image as [`image_select`] returns it: a JSON array in the column order of `IMAGE_INSERT`,
+/// except that the stores, like the tags and properties, come last as JSON.
 #[derive(Debug, serde::Deserialize)]
 struct ImageRow {
     id: String,
@@ -224,11 +225,11 @@ struct ImageRow {
     os_hash_value: Option<String>,
     virtual_size: Option<i64>,
     blob_key: Option<String>,
-    store: Option<String>,
     created_at: i64,
     updated_at: i64,
     deleted_at: Option<i64>,
     revision: i64,
+    stores: Option<Vec<String>>,
     tags: BTreeSet<String>,
     properties: BTreeMap<String, String>,
 }
@@ -281,7 +282,7 @@ impl ImageRow {
             .ok_or_else(|| corrupt(format_args!("image {id}: visibility {:?}", self.visibility)))?;
         let data = match (
             self.blob_key,
-            self.store,
+            self.stores,
             self.size,
             self.checksum,
             self.os_hash_algo,
@@ -290,14 +291,14 @@ impl ImageRow {
             (None, None, None, None, None, None) => None,
             (
                 Some(blob_key),
-                Some(store),
+                Some(stores),
                 Some(size),
                 Some(checksum),
                 Some(os_hash_algo),
                 Some(os_hash_value),
-            ) => Some(ImageData {
+            ) if !stores.is_empty() => Some(ImageData {
                 blob_key,
-                store,
+                stores,
                 size,
                 checksum,
                 os_hash_algo,
@@ -355,8 +356,8 @@ fn parse_role(s: &str) -> MetaResult<Role> {
 /// Binds [`image_args`]; [`image_select`] and [`ImageRow`] follow the same column order.
 const IMAGE_INSERT: &str = "INSERT INTO images (id, name, status, visibility, protected, os_hidden, \
      owner, container_format, disk_format, min_ram, min_disk, size, checksum, os_hash_algo, \
-     os_hash_value, virtual_size, blob_key, store, created_at, updated_at, deleted_at, revision, \
-     tags_json, properties_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+     os_hash_value, virtual_size, blob_key, stores_json, created_at, updated_at, deleted_at, \
+     revision, tags_json, properties_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
      $20, $21, $22, $23, $24)";
 
 /// Rewrites every column but `id` from [`image_args`] (`$22` the new revision), if the stored
@@ -364,7 +365,7 @@ const IMAGE_INSERT: &str = "INSERT INTO images (id, name, status, visibility, pr
 const IMAGE_UPDATE: &str = "UPDATE images SET name = $2, status = $3, visibility = $4, \
      protected = $5, os_hidden = $6, owner = $7, container_format = $8, disk_format = $9, \
      min_ram = $10, min_disk = $11, size = $12, checksum = $13, os_hash_algo = $14, \
-     os_hash_value = $15, virtual_size = $16, blob_key = $17, store = $18, created_at = $19, \
+     os_hash_value = $15, virtual_size = $16, blob_key = $17, stores_json = $18, created_at = $19, \
      updated_at = $20, deleted_at = $21, revision = $22, tags_json = $23, properties_json = $24 \
      WHERE id = $1 AND revision = $25";
 
@@ -390,7 +391,7 @@ fn image_args(image: &Image, revision: i64) -> Vec<Arg> {
         data_text(|d| &d.os_hash_value),
         Arg::OptInt(data.and_then(|d| d.virtual_size)),
         data_text(|d| &d.blob_key),
-        data_text(|d| &d.store),
+        Arg::OptText(data.map(|d| json(&d.stores))),
         Arg::Int(to_micros(image.created_at)),
         Arg::Int(to_micros(image.updated_at)),
         Arg::OptInt(image.deleted_at.map(to_micros)),
@@ -928,18 +929,44 @@ impl MetaStore for SqlStore {
         self.fetch_strings("referenced_blob_keys", stmt).await
     }
 
-    async fn blob_reference_count(&self, blob_key: &str) -> MetaResult<u64> {
-        // `images_blob_key` (a partial index on non-null keys) answers this without a scan.
-        let stmt = Stmt::with(
-            "SELECT COUNT(*) FROM images WHERE blob_key = $1",
-            vec![text(blob_key)],
-        );
+    async fn blob_reference_count(&self, blob_key: &str, store: &str) -> MetaResult<u64> {
+        // `images_blob_key` (a partial index on non-null keys) finds the few rows naming the
+        // key; only their store lists are unnested.
+        let sql = match self.dialect() {
+            Dialect::Sqlite => {
+                "SELECT COUNT(*) FROM images i, json_each(i.stores_json) s \
+                 WHERE i.blob_key = $1 AND s.value = $2"
+            }
+            Dialect::Postgres => {
+                "SELECT COUNT(*) FROM images i, \
+                 json_array_elements_text(i.stores_json::json) s(id) \
+                 WHERE i.blob_key = $1 AND s.id = $2"
+            }
+        };
+        let stmt = Stmt::with(sql, vec![text(blob_key), text(store)]);
         let count = on_pool!(self, pool => bind_args!(sqlx::query_scalar::<_, i64>(&stmt.sql), &stmt.args)
             .fetch_one(pool)
             .await
             .map_err(db_error("blob_reference_count")))?;
         // COUNT(*) is never negative.
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn referenced_blob_keys_in(&self, store: &str) -> MetaResult<Vec<String>> {
+        // The stores are a JSON array of ids; each dialect unnests it its own way.
+        let sql = match self.dialect() {
+            Dialect::Sqlite => {
+                "SELECT DISTINCT i.blob_key FROM images i, json_each(i.stores_json) s \
+                 WHERE i.blob_key IS NOT NULL AND s.value = $1 ORDER BY i.blob_key"
+            }
+            Dialect::Postgres => {
+                "SELECT DISTINCT i.blob_key FROM images i, \
+                 json_array_elements_text(i.stores_json::json) s(id) \
+                 WHERE i.blob_key IS NOT NULL AND s.id = $1 ORDER BY i.blob_key"
+            }
+        };
+        let stmt = Stmt::with(sql, vec![text(store)]);
+        self.fetch_strings("referenced_blob_keys_in", stmt).await
     }
 
     async fn add_member(&self, member: &Member) -> MetaResult<()> {

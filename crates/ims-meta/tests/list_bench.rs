@@ -39,7 +39,7 @@ fn bench_image(n: usize) -> Image {
     img.container_format = Some("bare".into());
     img.data = Some(ImageData {
         blob_key: format!("blob-{n}"),
-        store: "local".into(),
+        stores: vec!["local".into()],
         size: (n as i64 % 1000) * 1_048_576,
         checksum: format!("{n:032x}"),
         os_hash_algo: "sha512".into(),

@@ -123,7 +123,7 @@ fn job_created(job_id: String) -> Response {
 /// `__*` attributes, every `__*` value a string (the SDK types them `str`) except
 /// `__system_support_market`.
 pub fn image_info(caller: &Caller, image: &Image) -> Value {
-    let mut body = image_json(image);
+    let mut body = image_json(image, false);
     let Some(map) = body.as_object_mut() else {
         return body;
     };
