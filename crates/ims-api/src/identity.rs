@@ -181,7 +181,7 @@ fn token_response(
         axum::Json(token_body(
             claims,
             &state.public_url,
-            &state.app.config.region,
+            &state.app.config.region.name,
         ))
         .into_response()
     } else {

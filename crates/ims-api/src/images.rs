@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use ims_core::images::parse_image_id;
 use ims_core::patch::{PatchDialect, PatchKind, PatchOp};
+use ims_core::upload::{EXPECTED_MD5_HEADER, EXPECTED_SHA512_HEADER, ExpectedHashes};
 use ims_domain::ErrorKind;
 use serde_json::{Value, json};
 
@@ -295,11 +296,27 @@ pub async fn upload(
         ),
     };
     let store = store_header(&headers)?;
+    // Checksums the sender computed (Glance v1's `x-image-meta-checksum`, and the SHA-512
+    // `os_hash_value`): data that does not match is refused (a cross-region copy sends both).
+    let header_text = |name: &str| -> ApiResult<Option<String>> {
+        let Some(value) = headers.get(name) else {
+            return Ok(None);
+        };
+        let text = value.to_str().unwrap_or("").trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::invalid(format!("{name} must be a hex digest")));
+        }
+        Ok(Some(text.to_string()))
+    };
+    let expected = ExpectedHashes {
+        md5: header_text(EXPECTED_MD5_HEADER)?,
+        sha512: header_text(EXPECTED_SHA512_HEADER)?,
+    };
     let stream = body.into_data_stream();
     state
         .app
         .images
-        .upload(&caller, id, stream, declared, store.as_deref())
+        .upload_verified(&caller, id, stream, declared, store.as_deref(), &expected)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use ims_domain::{Caller, ErrorKind};
 use tracing::Instrument;
 
@@ -73,7 +74,8 @@ pub async fn reject_unexpected_body(req: Request, next: Next) -> Response {
 pub struct SignedCaller(pub Caller);
 
 /// Verifies SDK-HMAC-SHA256 signatures (any route): the body is read (bounded by the JSON body
-/// limit, since the signature covers its hash) and put back; a bad signature, a skewed date or
+/// limit, since the signature covers its hash) and put back, unless it is signed as
+/// `UNSIGNED-PAYLOAD`, which streams through unread; a bad signature, a skewed date or
 /// a replay is refused with the API gateway's 401 body. Requests without an SDK signature pass.
 pub async fn sdk_signature(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     let authorization = match req.headers().get(header::AUTHORIZATION) {
@@ -84,14 +86,25 @@ pub async fn sdk_signature(State(state): State<SharedState>, req: Request, next:
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();
-    let limit = state.app.config.limits.max_json_body;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return ApiError::new(
-            ErrorKind::TooLarge,
-            format!("A signed request body may be at most {limit} bytes."),
-        )
-        .ims()
-        .into_response();
+    // A body signed as UNSIGNED-PAYLOAD is not covered by the signature: it streams through
+    // unread (image data pushed by a peer region). Otherwise the signature covers its hash.
+    let unsigned = parts
+        .headers
+        .get("x-sdk-content-sha256")
+        .is_some_and(|v| v.as_bytes() == ims_core::sdk_signature::UNSIGNED_PAYLOAD.as_bytes());
+    let (bytes, body) = if unsigned {
+        (Bytes::new(), Some(body))
+    } else {
+        let limit = state.app.config.limits.max_json_body;
+        let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+            return ApiError::new(
+                ErrorKind::TooLarge,
+                format!("A signed request body may be at most {limit} bytes."),
+            )
+            .ims()
+            .into_response();
+        };
+        (bytes, None)
     };
     let headers = parts.headers.clone();
     let lookup = |name: &str| {
@@ -114,8 +127,8 @@ pub async fn sdk_signature(State(state): State<SharedState>, req: Request, next:
     {
         Ok(caller) => {
             parts.extensions.insert(SignedCaller(caller));
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+            let body = body.unwrap_or_else(|| Body::from(bytes));
+            next.run(Request::from_parts(parts, body)).await
         }
         Err(e) => {
             tracing::info!(error = %e, "signature refused");

@@ -13,6 +13,7 @@ use ims_meta::sql::SqlStore;
 use crate::access_keys::{AccessKeyService, load_or_create_seal_key};
 use crate::cloudimages::CloudImageService;
 use crate::config::Config;
+use crate::cross_region::{CROSS_REGION_JOB_KIND, CrossRegionService};
 use crate::error::{ServiceError, ServiceResult};
 use crate::identity::IdentityService;
 use crate::images::ImageService;
@@ -34,6 +35,8 @@ pub struct App {
     pub cloud_images: Arc<CloudImageService>,
     /// Staging, import and the task views over jobs.
     pub imports: Arc<ImportService>,
+    /// Copies to peer regions (`[region]`).
+    pub cross_region: Arc<CrossRegionService>,
     waker: Waker,
 }
 
@@ -105,6 +108,13 @@ impl App {
             config.ims.clone(),
         ));
         let waker = Waker::new();
+        let cross_region = Arc::new(CrossRegionService::new(
+            images.clone(),
+            jobs.clone(),
+            cloud.clone(),
+            waker.clone(),
+            config.region.clone(),
+        )?);
         let imports = Arc::new(ImportService::new(
             images.clone(),
             jobs,
@@ -121,11 +131,12 @@ impl App {
             cloud,
             cloud_images,
             imports,
+            cross_region,
             waker,
         })
     }
 
-    /// Starts this node's job workers (imports); they share the job table with every node.
+    /// Starts this node's job workers (imports, cross-region copies); they share the job table with every node.
     pub fn start_workers(&self, node: &str) -> RunnerHandle {
         let config = RunnerConfig {
             concurrency: self.config.import.workers.max(1),
@@ -133,6 +144,7 @@ impl App {
         };
         let mut runner = Runner::new(self.imports.jobs().clone(), config);
         runner.register(IMPORT_JOB_KIND, self.imports.handler());
+        runner.register(CROSS_REGION_JOB_KIND, self.cross_region.handler());
         runner.with_waker(self.waker.clone()).start()
     }
 

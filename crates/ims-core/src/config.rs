@@ -18,8 +18,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`. Default: SQLite in the data dir. Env `IMS_DATABASE_URL`.
     pub database_url: Option<String>,
-    /// Region name in the catalog. Env `IMS_REGION`.
-    pub region: String,
+    /// This deployment's region and its peers (`region = "name"`, or a `[region]` table).
+    /// Env `IMS_REGION` (the name).
+    #[serde(deserialize_with = "region_setting")]
+    pub region: RegionConfig,
     /// Lifetime of issued tokens in seconds. Env `IMS_TOKEN_TTL_SECS`.
     pub token_ttl_secs: u64,
     /// The one store of a single-store node (`[store]`; default: a local directory). Not
@@ -63,6 +65,90 @@ impl Default for ImsConfig {
             private_image_quota: 100,
         }
     }
+}
+
+/// Seed table 5-4: an image copied to another region may be at most 128 GB.
+pub const DEFAULT_CROSS_REGION_COPY_SIZE_CAP: u64 = 128 << 30;
+
+/// The region a deployment is, and the peer regions images can be copied to
+/// (`copy_image_cross_region`). In TOML either `region = "name"` or a `[region]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegionConfig {
+    /// This region's name: the catalog's region, and what peers call this deployment.
+    pub name: String,
+    /// Largest image (bytes) copied to another region. Env `IMS_CROSS_REGION_COPY_SIZE_CAP`.
+    pub cross_region_copy_size_cap: u64,
+    /// Peer regions (`[[region.peers]]`), each another `ims` deployment.
+    pub peers: Vec<PeerRegion>,
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        RegionConfig {
+            name: "RegionOne".into(),
+            cross_region_copy_size_cap: DEFAULT_CROSS_REGION_COPY_SIZE_CAP,
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl RegionConfig {
+    pub fn peer(&self, name: &str) -> Option<&PeerRegion> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+}
+
+/// A peer region and the trust credential this region uses there: the access key of an account
+/// on the peer, whose project receives the copies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRegion {
+    /// The peer's region name, as copy requests give it (`region`).
+    pub name: String,
+    /// The peer's API endpoint, `http(s)://host:port` (any path is ignored, as the SDK does).
+    pub endpoint: String,
+    /// The project on the peer that copies land in: its id (sent as `X-Project-Id`) and its name
+    /// (what copy requests give as `project_name`).
+    pub project_id: String,
+    pub project_name: String,
+    /// Access key id of the account on the peer.
+    pub access_key: String,
+    /// File holding that key's secret (never in the TOML file, never logged).
+    pub secret_key_file: PathBuf,
+}
+
+impl<'de> Deserialize<'de> for RegionConfigSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RegionConfigSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a region name or a [region] table")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RegionConfigSetting(RegionConfig {
+                    name: v.to_string(),
+                    ..RegionConfig::default()
+                }))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RegionConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RegionConfigSetting)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// `region` as written: a bare name or the full table.
+struct RegionConfigSetting(RegionConfig);
+
+fn region_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RegionConfig, D::Error> {
+    RegionConfigSetting::deserialize(d).map(|s| s.0)
 }
 
 /// Interoperable image import (`/v2/images/{id}/import`).
@@ -251,7 +337,7 @@ impl Default for Config {
             public_url: None,
             data_dir: PathBuf::from("ims-data"),
             database_url: None,
-            region: "RegionOne".into(),
+            region: RegionConfig::default(),
             token_ttl_secs: 3600,
             store: None,
             stores: Vec::new(),
@@ -385,7 +471,7 @@ impl Config {
             config.database_url = Some(url);
         }
         if let Some(region) = env("IMS_REGION") {
-            config.region = region;
+            config.region.name = region;
         }
         env_parse(env, "IMS_TOKEN_TTL_SECS", &mut config.token_ttl_secs)?;
         if let Some(path) = env("IMS_STORE_PATH") {
@@ -425,6 +511,11 @@ impl Config {
         if let Some(path) = env("IMS_ACCESS_KEY_SEAL_FILE") {
             config.ims.access_key_seal_file = Some(PathBuf::from(path));
         }
+        env_parse(
+            env,
+            "IMS_CROSS_REGION_COPY_SIZE_CAP",
+            &mut config.region.cross_region_copy_size_cap,
+        )?;
         env_parse(
             env,
             "IMS_PRIVATE_IMAGE_QUOTA",
@@ -526,9 +617,41 @@ mod tests {
         let env = |k: &str| (k == "IMS_REGION").then(|| "R2".to_string());
         let c = Config::load_with(Some(&path), &env).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:80");
-        assert_eq!(c.region, "R2");
+        assert_eq!(c.region.name, "R2");
         assert_eq!(c.store_path(), PathBuf::from("/srv/x"));
         assert_eq!(c.limits.image_size_cap, 10);
+    }
+
+    #[test]
+    fn region_table_with_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ims.toml");
+        std::fs::write(
+            &path,
+            "[region]\nname = \"a\"\ncross_region_copy_size_cap = 1024\n\
+             [[region.peers]]\nname = \"b\"\nendpoint = \"http://127.0.0.1:9393\"\n\
+             project_id = \"p\"\nproject_name = \"b-proj\"\naccess_key = \"AK\"\n\
+             secret_key_file = \"/run/b.sk\"\n",
+        )
+        .unwrap();
+        let c = Config::load_with(Some(&path), &|_| None).unwrap();
+        assert_eq!(c.region.name, "a");
+        assert_eq!(c.region.cross_region_copy_size_cap, 1024);
+        let peer = c.region.peer("b").unwrap();
+        assert_eq!(peer.endpoint, "http://127.0.0.1:9393");
+        assert_eq!(peer.secret_key_file, PathBuf::from("/run/b.sk"));
+        assert!(c.region.peer("a").is_none());
+        // A bare name still works, and unknown keys in the table are errors.
+        std::fs::write(&path, "region = \"solo\"\n").unwrap();
+        let c = Config::load_with(Some(&path), &|_| None).unwrap();
+        assert_eq!(c.region.name, "solo");
+        assert_eq!(
+            c.region.cross_region_copy_size_cap,
+            DEFAULT_CROSS_REGION_COPY_SIZE_CAP
+        );
+        std::fs::write(&path, "[region]\nname = \"a\"\nsecret = \"x\"\n").unwrap();
+        let err = Config::load_with(Some(&path), &|_| None).unwrap_err();
+        assert!(err.to_string().contains("parsing"), "{err}");
     }
 
     #[test]

@@ -471,7 +471,7 @@ impl ImageService {
 
     /// Opens `key` from the first of `stores` that serves it, highest weight first; a store
     /// that fails is logged and the next one tried.
-    async fn open_stores(
+    pub(crate) async fn open_stores(
         &self,
         stores: &[String],
         key: &BlobKey,

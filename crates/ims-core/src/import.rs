@@ -566,7 +566,14 @@ impl ImportHandler {
                         ServiceError::new(ErrorKind::NotFound, format!("No staged data: {e}"))
                     })?;
                 self.images
-                    .ingest(image, stream, None, ImageStatus::Importing, store)
+                    .ingest(
+                        image,
+                        stream,
+                        None,
+                        ImageStatus::Importing,
+                        store,
+                        &Default::default(),
+                    )
                     .await
             }
             ImportMethod::WebDownload => {
@@ -579,7 +586,14 @@ impl ImportHandler {
                     .map_err(|e| ServiceError::invalid(format!("fetching {uri}: {e}")))?;
                 let stream = response.bytes_stream().boxed();
                 self.images
-                    .ingest(image, stream, None, ImageStatus::Importing, store)
+                    .ingest(
+                        image,
+                        stream,
+                        None,
+                        ImageStatus::Importing,
+                        store,
+                        &Default::default(),
+                    )
                     .await
             }
             ImportMethod::CopyImage => Err(ServiceError::conflict(format!(

@@ -6,6 +6,7 @@ pub mod access_keys;
 pub mod app;
 pub mod cloudimages;
 pub mod config;
+pub mod cross_region;
 pub mod error;
 pub mod fetch;
 pub mod gc;

@@ -28,6 +28,38 @@ const COALESCE_BYTES: usize = 1 << 20;
 /// Why the stream stopped early; reported after the image is restored.
 struct Abort(ServiceError);
 
+/// Upload header carrying the MD5 the sender computed (Glance v1's name for it).
+pub const EXPECTED_MD5_HEADER: &str = "x-image-meta-checksum";
+/// Upload header carrying the SHA-512 the sender computed.
+pub const EXPECTED_SHA512_HEADER: &str = "x-image-meta-os-hash-value";
+
+/// Checksums the sender computed; an upload whose data does not hash to them is refused and
+/// leaves nothing behind (a cross-region copy checks its data on arrival this way).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpectedHashes {
+    /// Hex MD5 (Glance's `checksum`).
+    pub md5: Option<String>,
+    /// Hex SHA-512 (Glance's `os_hash_value`).
+    pub sha512: Option<String>,
+}
+
+impl ExpectedHashes {
+    /// Compares with what was computed; the error names the first that differs.
+    fn check(&self, md5: &str, sha512: &str) -> ServiceResult<()> {
+        for (name, expected, actual) in [("MD5", &self.md5, md5), ("SHA-512", &self.sha512, sha512)]
+        {
+            if let Some(expected) = expected
+                && !expected.eq_ignore_ascii_case(actual)
+            {
+                return Err(ServiceError::invalid(format!(
+                    "The data's {name} checksum is {actual}, not the expected {expected}."
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ImageService {
     /// `PUT /v2/images/{id}/file`. `declared_size` is the client's `x-openstack-image-size`;
     /// `store` the store the client chose (`X-Image-Meta-Store`), else the default store.
@@ -43,6 +75,31 @@ impl ImageService {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
+        self.upload_verified(
+            caller,
+            id,
+            body,
+            declared_size,
+            store,
+            &ExpectedHashes::default(),
+        )
+        .await
+    }
+
+    /// [`ImageService::upload`] that also refuses data whose checksums are not `expected`.
+    pub async fn upload_verified<S, E>(
+        &self,
+        caller: &Caller,
+        id: uuid::Uuid,
+        body: S,
+        declared_size: Option<u64>,
+        store: Option<&str>,
+        expected: &ExpectedHashes,
+    ) -> ServiceResult<Image>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
         let store = self.target_store(store)?;
         self.owned(caller, id, "upload_image").await?;
         let image = self
@@ -53,7 +110,14 @@ impl ImageService {
             })
             .await?;
         let ingested = self
-            .ingest(&image, body, declared_size, ImageStatus::Saving, store)
+            .ingest(
+                &image,
+                body,
+                declared_size,
+                ImageStatus::Saving,
+                store,
+                expected,
+            )
             .await;
         if ingested.is_err() {
             self.restore_queued(id).await;
@@ -84,6 +148,7 @@ impl ImageService {
         declared_size: Option<u64>,
         in_flight: ImageStatus,
         store: &Store,
+        expected: &ExpectedHashes,
     ) -> ServiceResult<Image>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
@@ -108,6 +173,10 @@ impl ImageService {
             Ok(parts) => parts,
             Err(Abort(err)) => return Err(err),
         };
+        if let Err(err) = expected.check(&hashes.md5, &hashes.sha512) {
+            discard(&store.blobs, &key).await;
+            return Err(err);
+        }
         let inspected = tokio::task::spawn_blocking(move || {
             let probe = probe(&window).map_err(|e| {
                 ServiceError::invalid(format!("Image data could not be inspected: {e}"))

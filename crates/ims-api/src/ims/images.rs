@@ -14,6 +14,7 @@ use ims_core::cloudimages::{
     check_description, check_disk_gb, check_enterprise_project, check_name, enterprise_project,
     is_service_property, object_storage_unavailable,
 };
+use ims_core::cross_region::CrossRegionRequest;
 use ims_core::patch::{AttrValue, PatchDialect};
 use ims_domain::flavor::{FlavorNeeds, flavor_needs};
 use ims_domain::os_catalog::CatalogArch;
@@ -632,25 +633,48 @@ struct CrossRegionBody {
     region: String,
     project_name: String,
     agency_name: String,
+    description: Option<String>,
+    vault_id: Option<String>,
 }
 
 pub async fn copy_cross_region(
     State(state): State<SharedState>,
     ImsCaller(caller): ImsCaller,
     Path(image_id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ImsResult<Response> {
     let id = parse_image_id(&image_id)?;
     let body: CrossRegionBody = parse_body(&body)?;
     check_name(&body.name)?;
-    state.app.images.get(&caller, id).await?;
+    if let Some(d) = &body.description {
+        check_description(d)?;
+    }
     if body.project_name.is_empty() || body.agency_name.is_empty() {
         return Err(invalid("project_name and agency_name are required."));
     }
-    Err(invalid(format!(
-        "Region {} is not a peer region of this deployment.",
-        body.region
-    )))
+    if let Some(vault) = &body.vault_id {
+        return Err(invalid(format!(
+            "The vault {vault} does not exist: whole images need a backup service."
+        )));
+    }
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let request = CrossRegionRequest {
+        name: body.name,
+        description: body.description,
+        region: body.region,
+        project_name: body.project_name,
+        agency_name: body.agency_name,
+    };
+    let job = state
+        .app
+        .cross_region
+        .submit(&caller, id, request, request_id)
+        .await?;
+    Ok(job_created(job))
 }
 
 #[derive(Deserialize)]
