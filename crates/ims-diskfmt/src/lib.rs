@@ -35,6 +35,21 @@ pub trait ReadAt {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// For sources that know their holes (sparse files): the run at `offset` is stored data
+    /// (`Some(Run::Data(end))`) or a hole that reads as zeros (`Some(Run::Hole(end))`) up to
+    /// `end` (> `offset`). `None` when the source cannot tell: everything counts as data.
+    fn run_at(&self, offset: u64) -> Option<Run> {
+        let _ = offset;
+        None
+    }
+}
+
+/// A stored-data run or a hole of a sparse source, with the offset where it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    Data(u64),
+    Hole(u64),
 }
 
 impl ReadAt for std::fs::File {
@@ -47,6 +62,36 @@ impl ReadAt for std::fs::File {
         // cleanly instead of the probe panicking.
         self.metadata().map(|m| m.len()).unwrap_or(0)
     }
+
+    /// `lseek(SEEK_DATA / SEEK_HOLE)`, as qemu's raw driver asks. Moves the descriptor's
+    /// cursor, which nothing here uses (reads are positional). Any error but "no data after
+    /// `offset`" (a filesystem without hole support, a pipe) means "unknown".
+    fn run_at(&self, offset: u64) -> Option<Run> {
+        let len = ReadAt::len(self);
+        if offset >= len {
+            return None;
+        }
+        let data = match seek(self, offset, libc::SEEK_DATA) {
+            Ok(data) => data,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Some(Run::Hole(len)),
+            Err(_) => return None,
+        };
+        if data > offset {
+            return Some(Run::Hole(data.min(len)));
+        }
+        let hole = seek(self, offset, libc::SEEK_HOLE).ok()?;
+        (hole > offset).then_some(Run::Data(hole.min(len)))
+    }
+}
+
+/// `lseek(fd, offset, whence)` returning the new offset.
+fn seek(file: &std::fs::File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: the descriptor stays open for the call (`file` is borrowed); lseek reads no
+    // memory of ours.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    u64::try_from(at).map_err(|_| io::Error::last_os_error())
 }
 
 impl ReadAt for [u8] {

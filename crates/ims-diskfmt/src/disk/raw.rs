@@ -2,7 +2,7 @@
 //! 512 bytes as qemu presents them, the tail reading as zeros.
 
 use super::{Disk, DiskError, Extent, ExtentKind, SharedSource, check_range};
-use crate::Format;
+use crate::{Format, Run};
 
 /// qemu presents raw images rounded up to whole sectors (`formats.md` §3).
 const SECTOR: u64 = 512;
@@ -50,9 +50,20 @@ impl Disk for RawDisk {
         } else {
             ExtentKind::Data
         };
-        let length = match kind {
-            ExtentKind::Data => length.min(self.file_len - offset),
-            ExtentKind::Zero => length,
+        let (kind, length) = match kind {
+            // A sparse file's holes are zeros without reading them (qemu asks the same way).
+            ExtentKind::Data => match self.source.run_at(offset) {
+                Some(Run::Hole(end)) if end > offset => (
+                    ExtentKind::Zero,
+                    length.min(end.min(self.file_len) - offset),
+                ),
+                Some(Run::Data(end)) if end > offset => (
+                    ExtentKind::Data,
+                    length.min(end.min(self.file_len) - offset),
+                ),
+                _ => (ExtentKind::Data, length.min(self.file_len - offset)),
+            },
+            ExtentKind::Zero => (kind, length),
         };
         Ok(Extent {
             offset,
@@ -109,5 +120,40 @@ mod tests {
         let extent = disk.extent(3, 1000).unwrap();
         assert_eq!((extent.length, extent.kind), (509, ExtentKind::Zero));
         assert!(disk.read_at(510, &mut buf).is_err());
+    }
+
+    #[test]
+    fn a_sparse_files_holes_are_zero_extents_and_read_as_zeros() {
+        use std::os::unix::fs::FileExt;
+        const MIB: u64 = 1 << 20;
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&[0xAB; MIB as usize], 0).unwrap();
+        file.write_all_at(&[0xCD; MIB as usize], 3 * MIB).unwrap();
+        file.set_len(6 * MIB).unwrap();
+        let disk = RawDisk::new(Arc::new(file), Format::Raw);
+        let mut extents = Vec::new();
+        let mut at = 0;
+        while at < disk.virtual_size() {
+            let extent = disk.extent(at, disk.virtual_size() - at).unwrap();
+            extents.push((extent.offset, extent.length, extent.kind));
+            at += extent.length;
+        }
+        // Every filesystem tests run on (ext4, xfs, btrfs, tmpfs) reports holes.
+        assert_eq!(
+            extents,
+            [
+                (0, MIB, ExtentKind::Data),
+                (MIB, 2 * MIB, ExtentKind::Zero),
+                (3 * MIB, MIB, ExtentKind::Data),
+                (4 * MIB, 2 * MIB, ExtentKind::Zero),
+            ]
+        );
+        // A query inside a run ends where the run ends; max_len still bounds it.
+        let inside = disk.extent(MIB + 512, 100).unwrap();
+        assert_eq!((inside.length, inside.kind), (100, ExtentKind::Zero));
+        let mut buf = vec![1u8; 2 * MIB as usize];
+        disk.read_at(2 * MIB, &mut buf).unwrap();
+        assert!(buf[..MIB as usize].iter().all(|&b| b == 0));
+        assert!(buf[MIB as usize..].iter().all(|&b| b == 0xCD));
     }
 }

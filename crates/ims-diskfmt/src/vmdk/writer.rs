@@ -586,12 +586,16 @@ struct GrainEncoder;
 struct EncoderScratch {
     deflater: Compress,
     padded: Vec<u8>,
+    /// Room for the worst case (two grains); the record returned is an exact-size copy, so
+    /// batches in flight hold what the grains compress to, not twice a grain each.
+    out: Vec<u8>,
 }
 
 thread_local! {
     static DEFLATE: RefCell<EncoderScratch> = RefCell::new(EncoderScratch {
         deflater: Compress::new(Compression::new(DEFLATE_LEVEL), true),
         padded: Vec::new(),
+        out: Vec::new(),
     });
 }
 
@@ -599,7 +603,11 @@ impl BlockEncoder for GrainEncoder {
     fn encode(&self, offset: u64, data: &[u8]) -> Result<Vec<u8>, DiskError> {
         DEFLATE.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let EncoderScratch { deflater, padded } = &mut *scratch;
+            let EncoderScratch {
+                deflater,
+                padded,
+                out,
+            } = &mut *scratch;
             let input: &[u8] = if data.len() as u64 == GRAIN_BYTES {
                 data
             } else {
@@ -611,13 +619,14 @@ impl BlockEncoder for GrainEncoder {
             let marker_len = size_of::<GrainMarkerRaw>();
             // Incompressible input grows by a few bytes per 16 KiB block; two grains always fit
             // (and are what qemu accepts).
-            let mut out = Vec::with_capacity(marker_len + 2 * GRAIN_BYTES as usize);
+            out.clear();
+            out.reserve(marker_len + 2 * GRAIN_BYTES as usize);
             out.resize(marker_len, 0);
             deflater.reset();
             loop {
                 let consumed = deflater.total_in() as usize;
                 let status = deflater
-                    .compress_vec(&input[consumed..], &mut out, FlushCompress::Finish)
+                    .compress_vec(&input[consumed..], out, FlushCompress::Finish)
                     .map_err(|e| DiskError::Unsupported {
                         what: format!("deflating grain at {offset}: {e}"),
                     })?;
@@ -636,8 +645,11 @@ impl BlockEncoder for GrainEncoder {
             marker.lba.set(offset / SECTOR);
             marker.size.set(size);
             out[..marker_len].copy_from_slice(marker.as_bytes());
-            out.resize(out.len().next_multiple_of(SECTOR as usize), 0);
-            Ok(out)
+            let padded_len = out.len().next_multiple_of(SECTOR as usize);
+            let mut record = Vec::with_capacity(padded_len);
+            record.extend_from_slice(out);
+            record.resize(padded_len, 0);
+            Ok(record)
         })
     }
 }
