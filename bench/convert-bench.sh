@@ -23,7 +23,7 @@ RUNS=${RUNS:-3}
 SIZE_MIB=${SIZE_MIB:-1024}
 BIG_GIB=${BIG_GIB:-10}
 mkdir -p "$W"
-trap 'rm -f "$W"/out.* "$W"/src.* "$W"/big.*' EXIT
+trap 'rm -f "$W"/conv.* "$W"/src.* "$W"/big.*' EXIT
 SRC=$W/src.raw
 python3 "$ROOT/bench/make-bench-input.py" "$SRC" "$SIZE_MIB"
 sync
@@ -90,13 +90,13 @@ for s in "${SOURCE_ORDER[@]}"; do
     load=$(cut -d' ' -f1 /proc/loadavg)
     it=(); ic=(); ir=0; qt=(); qc=(); qr=0
     for rep in $(seq "$RUNS"); do
-      read -r a c r < <(run "$W/out.i" "$IMS" img convert $iargs "$file" "$W/out.i")
+      read -r a c r < <(run "$W/conv.ims" "$IMS" img convert $iargs "$file" "$W/conv.ims")
       it+=("$a"); ic+=("$c"); ((r > ir)) && ir=$r
       printf '%s\t%s\tims\t%s\t%s\t%s\t%s\t%s\n' "$s" "$label" "$rep" "$a" "$c" "$r" "$load" >>"$RUNS_TSV"
       if [[ $qargs == =* ]]; then
         read -r a c r <<<"${QT[$s ${qargs#=} $rep]:-nan nan 0}"
       else
-        read -r a c r < <(run "$W/out.q" qemu-img convert $qargs "$file" "$W/out.q")
+        read -r a c r < <(run "$W/conv.qemu" qemu-img convert $qargs "$file" "$W/conv.qemu")
         QT[$s $label $rep]="$a $c $r"
         printf '%s\t%s\tqemu\t%s\t%s\t%s\t%s\t%s\n' "$s" "$label" "$rep" "$a" "$c" "$r" "$load" >>"$RUNS_TSV"
       fi
@@ -128,8 +128,8 @@ echo "# ${BIG_GIB} GiB input: $(du -k "$BIG" | cut -f1) KiB allocated; load $(cu
 printf '%-44s %8s %8s %9s %9s\n' pair ims_s qemu_s ims_RSS qemu_RSS
 big() {   # big LABEL FILE IMS_ARGS QEMU_ARGS
   local a r b q
-  read -r a _ r < <(run "$W/out.i" "$IMS" img convert $3 "$2" "$W/out.i")
-  if [[ -n $4 ]]; then read -r b _ q < <(run "$W/out.q" qemu-img convert $4 "$2" "$W/out.q")
+  read -r a _ r < <(run "$W/conv.ims" "$IMS" img convert $3 "$2" "$W/conv.ims")
+  if [[ -n $4 ]]; then read -r b _ q < <(run "$W/conv.qemu" qemu-img convert $4 "$2" "$W/conv.qemu")
   else b=-; q=0; fi
   printf '%-44s %8s %8s %8dK %8dK\n' "$1" "$a" "$b" "$r" "$q"
   printf '%s\tbig\tims\t1\t%s\t-\t%s\t-\n%s\tbig\tqemu\t1\t%s\t-\t%s\t-\n' "$1" "$a" "$r" "$1" "$b" "$q" >>"$RUNS_TSV"
