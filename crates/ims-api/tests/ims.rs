@@ -341,3 +341,97 @@ async fn enterprise_project_and_flavor_filters() {
     let unknown = names("flavor_id=zz9.large.2").await.unwrap_err();
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
 }
+
+/// Splits RFC 4180 text into rows of cells (quoted cells may hold commas, quotes, line breaks).
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut cell) = (Vec::new(), Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cell.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut cell)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    rows
+}
+
+#[tokio::test]
+async fn csv_export_has_the_console_columns_and_parses_back() {
+    let ims = setup().await;
+    let token = issue_token(&ims.router, "alice", "pw", "team").await;
+    let admin = issue_token(&ims.router, "admin", "adminpw", "admin").await;
+    let base = |name: &str| {
+        json!({"name": name, "disk_format": "raw", "container_format": "bare",
+               "__os_version": "CentOS 7.9 64bit", "min_disk": 40})
+    };
+    glance_create(&ims, &token, base("plain")).await;
+    glance_create(&ims, &token, base("with, comma \"quoted\"\nand a line")).await;
+    let mut public = base("public-one");
+    public["visibility"] = "public".into();
+    glance_create(&ims, &admin, public).await;
+
+    let export = |query: &'static str| {
+        send(
+            &ims.router,
+            Request::get(format!("/v2/cloudimages/export.csv?{query}"))
+                .header("x-auth-token", &token)
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    let private = export("__imagetype=private").await;
+    assert_eq!(private.status, StatusCode::OK, "{:?}", private.body);
+    assert_eq!(private.headers["content-type"], "text/csv; charset=utf-8");
+    let rows = parse_csv(std::str::from_utf8(&private.body).unwrap());
+    assert_eq!(
+        rows[0],
+        [
+            "Name",
+            "ID",
+            "Status",
+            "OS Type",
+            "OS",
+            "Image Type",
+            "Disk Capacity (GB)",
+            "Encrypted",
+            "Created At"
+        ]
+    );
+    let mut names: Vec<&str> = rows[1..].iter().map(|r| r[0].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["plain", "with, comma \"quoted\"\nand a line"]);
+    for row in &rows[1..] {
+        assert_eq!(row.len(), 9, "{row:?}");
+        assert!(uuid::Uuid::parse_str(&row[1]).is_ok());
+        assert_eq!(
+            &row[2..8],
+            [
+                "queued",
+                "Linux",
+                "CentOS 7.9 64bit",
+                "ECS system disk image",
+                "40",
+                "No"
+            ]
+        );
+    }
+    let public = export("__imagetype=gold").await;
+    let rows = parse_csv(std::str::from_utf8(&public.body).unwrap());
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1][0], "public-one");
+    let all = export("").await;
+    assert_eq!(parse_csv(std::str::from_utf8(&all.body).unwrap()).len(), 4);
+}

@@ -222,6 +222,7 @@ pub fn v1_router() -> Router<SharedState> {
 pub fn v2_routes(router: Router<SharedState>) -> Router<SharedState> {
     router
         .route("/cloudimages", get(images::list_images))
+        .route("/cloudimages/export.csv", get(images::export_csv))
         .route("/cloudimages/action", post(images::create_image))
         .route(
             "/cloudimages/quickimport/action",
