@@ -66,6 +66,7 @@ const SERVICE_PROPERTIES: &[&str] = &[
     "__data_origin",
     "__image_source_type",
     "__system__cmkid",
+    crate::guest::OS_PLACEHOLDERS_PROPERTY,
     ENTERPRISE_PROJECT_PROPERTY,
 ];
 
@@ -384,6 +385,20 @@ pub fn service_properties(spec: &ImsImageSpec) -> BTreeMap<String, String> {
     if let Some(eol) = os.end_of_support {
         put("__os_end_of_support", eol);
     }
+    // What the user did not state is a placeholder the guest hook replaces once data arrives.
+    let mut placeholders = Vec::new();
+    if spec.os_version.is_none() {
+        placeholders.push("__os_version");
+    }
+    if spec.architecture.is_none() {
+        placeholders.push("architecture");
+    }
+    if spec.hw_firmware_type.is_none() && !arm {
+        placeholders.push("hw_firmware_type");
+    }
+    if let Some(v) = crate::guest::placeholders_value(&placeholders) {
+        put(crate::guest::OS_PLACEHOLDERS_PROPERTY, v);
+    }
     p
 }
 
@@ -546,14 +561,37 @@ impl CloudImageService {
         };
         let mut properties = service_properties(&spec);
         properties.remove("__root_origin");
+        properties.remove(crate::guest::OS_PLACEHOLDERS_PROPERTY);
         self.images
             .mutate(image.id, |img| {
+                // Architecture and boot mode the user did not give are placeholders until the
+                // data is inspected (`__os_version` was given: that is what makes this call).
+                let placeholders: Vec<&str> = ["architecture", "hw_firmware_type"]
+                    .into_iter()
+                    .filter(|k| !img.properties.contains_key(*k))
+                    .collect();
                 for (k, v) in &properties {
                     img.properties.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                if let Some(v) = crate::guest::placeholders_value(&placeholders) {
+                    img.properties
+                        .insert(crate::guest::OS_PLACEHOLDERS_PROPERTY.to_string(), v);
                 }
                 Ok(())
             })
             .await
+    }
+
+    /// The guest hook of the IMS API's imports: once an imported image's data is durable
+    /// (status `active`), call this to read the OS inside and fill `__os_type`, `__os_version`,
+    /// `__os_bit`, `__platform`, `hw_firmware_type`, `architecture` and `__is_config_init`
+    /// where the user gave no value (see [`crate::guest`]). Bounded in time and bytes; an
+    /// inspection that finds nothing leaves the placeholders. Returns the keys set.
+    pub async fn inspect_imported_image(
+        &self,
+        image_id: uuid::Uuid,
+    ) -> ServiceResult<Vec<&'static str>> {
+        self.images.inspect_guest(image_id).await
     }
 
     /// The image if the caller owns it (404 otherwise, like IMS).

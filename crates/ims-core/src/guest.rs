@@ -4,8 +4,15 @@
 //!
 //! Inspection is advice, never a gate: it runs off the async runtime with a deadline and a cap
 //! on the bytes it may read, and any failure is logged and leaves the image as it was.
-//! Every import path (the Glance upload, the IMS API's imports) calls [`inspect_blob`] and
-//! [`fill_os_properties`].
+//! Every import path calls the same hook: the Glance upload and import jobs through
+//! `ImageService::ingest`, the IMS API's imports through
+//! [`crate::cloudimages::CloudImageService::inspect_imported_image`]; both end in
+//! [`apply_os_properties`].
+//!
+//! "The user did not set it" has two forms: the property is absent (Glance images), or it holds
+//! one of the IMS placeholders (`Other Linux(64 bit)`, `x86`, `bios`) that the IMS API writes
+//! when a value is not given; [`OS_PLACEHOLDERS_PROPERTY`] names those, so inspection replaces
+//! them and never a value the user stated.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -38,6 +45,33 @@ pub const OS_PROPERTIES: &[&str] = &[
     "architecture",
     "__is_config_init",
 ];
+
+/// Image property listing the OS properties that hold the IMS API's placeholders rather than
+/// values the user gave: a comma list of the heads of [`PLACEHOLDER_GROUPS`]. Written when an
+/// IMS image is created, removed once its data has been inspected.
+pub const OS_PLACEHOLDERS_PROPERTY: &str = "__os_placeholders";
+
+/// Placeholder groups: the head named in [`OS_PLACEHOLDERS_PROPERTY`] and the properties that
+/// are replaced with it (they follow from one another).
+pub const PLACEHOLDER_GROUPS: &[(&str, &[&str])] = &[
+    (
+        "__os_version",
+        &[
+            "__os_version",
+            "__os_type",
+            "__os_bit",
+            "__platform",
+            "__os_end_of_support",
+        ],
+    ),
+    ("architecture", &["architecture", "__support_arm"]),
+    ("hw_firmware_type", &["hw_firmware_type"]),
+];
+
+/// The [`OS_PLACEHOLDERS_PROPERTY`] value for these group heads, `None` when there are none.
+pub fn placeholders_value(heads: &[&str]) -> Option<String> {
+    (!heads.is_empty()).then(|| heads.join(","))
+}
 
 /// What inspection found, as image properties (`key → value`), for [`fill_os_properties`].
 pub type OsProperties = BTreeMap<&'static str, String>;
@@ -127,6 +161,82 @@ pub fn fill_os_properties(
         }
     }
     set
+}
+
+/// The guest hook's last step, on the image's properties: drops [`OS_PLACEHOLDERS_PROPERTY`],
+/// replaces the placeholder groups it named with what inspection `found` (when it found that
+/// group's head), then fills every other property that is absent ([`fill_os_properties`]).
+/// IMS images (those with `__imagetype`) get the IMS vocabulary: `architecture` `x86`/`arm`
+/// with `__support_arm`, and the seed's `__os_end_of_support` for the version found.
+/// Returns the keys set.
+pub fn apply_os_properties(
+    properties: &mut BTreeMap<String, String>,
+    found: Option<&OsProperties>,
+) -> Vec<&'static str> {
+    let placeholders = properties
+        .remove(OS_PLACEHOLDERS_PROPERTY)
+        .unwrap_or_default();
+    let Some(found) = found else {
+        return Vec::new();
+    };
+    let mut found = found.clone();
+    if properties.contains_key("__imagetype") {
+        if let Some(arch) = found.get("architecture") {
+            let arm = arch == "aarch64" || arch.starts_with("arm");
+            found.insert("architecture", if arm { "arm" } else { "x86" }.to_string());
+            found.insert("__support_arm", arm.to_string());
+        }
+        if let Some(eol) = found
+            .get("__os_version")
+            .and_then(|v| crate::cloudimages::os_facts(Some(v)).end_of_support)
+        {
+            found.insert("__os_end_of_support", eol);
+        }
+    }
+    for (head, keys) in PLACEHOLDER_GROUPS {
+        if placeholders.split(',').any(|p| p == *head) && found.contains_key(head) {
+            for key in *keys {
+                properties.remove(*key);
+            }
+        }
+    }
+    fill_os_properties(properties, &found)
+}
+
+impl crate::images::ImageService {
+    /// Inspects the durable data of image `id` and applies what it found
+    /// ([`apply_os_properties`]); returns the keys set. Inspection failures only mean nothing
+    /// is set; an image without data is an error.
+    pub async fn inspect_guest(&self, id: uuid::Uuid) -> crate::ServiceResult<Vec<&'static str>> {
+        let image = self.meta.get_image(id).await?.ok_or_else(|| {
+            crate::ServiceError::not_found(format!("No image found with ID {id}"))
+        })?;
+        let data = image.data.as_ref().ok_or_else(|| {
+            crate::ServiceError::invalid(format!("Image {id} has no data to inspect"))
+        })?;
+        let key = BlobKey::parse(&data.blob_key)
+            .map_err(|e| crate::ServiceError::internal("reading the image's blob key", &e))?;
+        let size = u64::try_from(data.size).unwrap_or(0);
+        // The first of the image's stores this node has (they all hold the same bytes).
+        let blobs = data
+            .stores
+            .iter()
+            .find_map(|s| self.stores.get(s))
+            .map(|s| s.blobs.clone())
+            .ok_or_else(|| {
+                crate::ServiceError::not_found(format!(
+                    "None of image {id}'s stores is available on this node."
+                ))
+            })?;
+        let found = inspect_blob(blobs, key, size, id).await;
+        let mut set = Vec::new();
+        self.mutate(id, |img| {
+            set = apply_os_properties(&mut img.properties, found.as_ref());
+            Ok(())
+        })
+        .await?;
+        Ok(set)
+    }
 }
 
 /// A blob read positionally for `ims-guest`: blocks fetched with ranged reads on the runtime

@@ -234,9 +234,7 @@ impl ImageService {
                 }
                 image.transition(ImageStatus::Active)?;
                 image.data = Some(data.clone());
-                if let Some(found) = &os_properties {
-                    crate::guest::fill_os_properties(&mut image.properties, found);
-                }
+                crate::guest::apply_os_properties(&mut image.properties, os_properties.as_ref());
                 Ok(())
             })
             .await;
