@@ -1,8 +1,10 @@
 //! VHDX writer in qemu's layout: header section (file id, two headers, two region tables),
 //! a clean empty log at 1 MiB, the BAT, the metadata region, then payload blocks (appended in
 //! ascending order for dynamic disks, preallocated in place for fixed ones). Unwritten blocks
-//! stay holes in the file (NOT_PRESENT for dynamic disks). GUIDs are derived from the size,
-//! block size and BAT, so the output is deterministic.
+//! stay holes in the file (NOT_PRESENT for dynamic disks), and so do the all-zero 4 KiB runs
+//! inside a written block, as in qemu-img's output: a block with a few data bytes costs a few
+//! KiB of disk, not its 8 MiB. GUIDs are derived from the size, block size and BAT, so the
+//! output is deterministic.
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ use super::header::{
 };
 use super::parser::MetadataItems;
 use crate::Format;
+use crate::convert::is_zero;
 use crate::disk::DiskError;
 use crate::write::qemu_options::{OptionReader, finish_sink, write_at};
 use crate::write::{BlockEncoder, CreateOptions, DiskWriter, Sink, derived_id};
@@ -31,6 +34,9 @@ const DEFAULT_LOG_SIZE: u64 = MIB;
 /// Logs above this are refused (qemu accepts up to 4 GiB; nothing needs more than a few MiB).
 const MAX_LOG_SIZE: u64 = 256 * MIB;
 const METADATA_REGION_LEN: u64 = MIB;
+/// All-zero runs this long (and aligned) inside a payload block are left as file holes: the
+/// filesystem's page size, the unit a hole can save.
+const SPARSE_GRANULE: usize = 4096;
 const CREATOR: &str = "ims";
 
 /// qemu's default block size by disk size (vhdx.c).
@@ -277,7 +283,13 @@ impl DiskWriter for VhdxWriter {
             self.bat[index] = at | BAT_FULLY_PRESENT;
             at
         };
-        self.write("payload block", file_offset + offset % block_size, data)
+        // The sink is new and a payload block's bytes were never written before (fixed
+        // disks' too: `finish` only sets the length), so unwritten bytes read back as zeros.
+        let start = file_offset + offset % block_size;
+        for (at, run) in nonzero_runs(data, SPARSE_GRANULE) {
+            self.write("payload block", start + at as u64, run)?;
+        }
+        Ok(())
     }
 
     fn finish(self: Box<Self>) -> Result<(), DiskError> {
@@ -303,5 +315,48 @@ impl DiskWriter for VhdxWriter {
             self.write("header", offset, &self.header(sequence as u64))?;
         }
         finish_sink(self.sink.as_ref(), end)
+    }
+}
+
+/// The maximal runs of `data` made of `granule`-sized pieces that are not all zero, with their
+/// offsets in `data`; the last piece may be shorter.
+fn nonzero_runs(data: &[u8], granule: usize) -> Vec<(usize, &[u8])> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (i, piece) in data.chunks(granule).enumerate() {
+        let at = i * granule;
+        match (is_zero(piece), start) {
+            (false, None) => start = Some(at),
+            (true, Some(from)) => {
+                runs.push((from, &data[from..at]));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = start {
+        runs.push((from, &data[from..]));
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nonzero_runs;
+
+    #[test]
+    fn nonzero_runs_skip_zero_granules_and_merge_neighbours() {
+        let mut data = vec![0u8; 10 * 8 + 3];
+        data[9] = 1; // granule 1
+        data[23] = 1; // granule 2, merges with 1
+        data[56] = 1; // granule 7
+        data[81] = 1; // the short last granule
+        let runs: Vec<(usize, usize)> = nonzero_runs(&data, 8)
+            .into_iter()
+            .map(|(at, run)| (at, run.len()))
+            .collect();
+        assert_eq!(runs, [(8, 16), (56, 8), (80, 3)]);
+        assert!(nonzero_runs(&[0u8; 100], 8).is_empty());
+        assert_eq!(nonzero_runs(&[5u8; 20], 8).len(), 1);
     }
 }
