@@ -281,7 +281,8 @@ for target in "${TARGETS[@]}"; do
       >"$run_log" 2>&1
     rc=$?
     set -e
-    read -r user sys <"$LOG_DIR/$target.$runs.time" || user=0 sys=0
+    # time(1) puts "Command exited with non-zero status N" before the numbers after a crash.
+    read -r user sys < <(tail -n 1 "$LOG_DIR/$target.$runs.time") || user=0 sys=0
     cpu="$(awk -v a="$cpu" -v u="${user:-0}" -v s="${sys:-0}" 'BEGIN { print a + u + s }')"
     n="$(sed -n 's/^stat::number_of_executed_units: *//p' "$run_log" | tail -1)"
     execs=$((execs + ${n:-0}))

@@ -25,3 +25,20 @@ fn inspect_of_a_16_byte_ntfs_signature_does_not_panic() {
     ];
     let _ = ims_guest::inspect(Arc::new(input));
 }
+
+/// guest_filesystems crash-a353a80e (and crash-6d918425, the same bug), minimized to 2049
+/// bytes: an ext4 superblock with `s_blocks_per_group` = 0. ext4-view 0.9.3 divided by it
+/// (panic); `Ext4Fs::open` now refuses it with a clear error.
+#[test]
+fn ext4_with_zero_blocks_per_group_is_an_error() {
+    let input: &[u8] =
+        include_bytes!("fuzz-regressions/guest_filesystems-ext4-zero-blocks-per-group.bin");
+    // The target's first byte picks the filesystem (0 = ext4); the rest is the volume.
+    assert_eq!(input[0], 0);
+    let vol = Volume::whole(Arc::new(input[1..].to_vec()));
+    let error = fs::open(FsKind::Ext4, &vol).err().expect("must not open");
+    assert!(
+        error.to_string().contains("s_blocks_per_group is 0"),
+        "{error}"
+    );
+}

@@ -33,8 +33,49 @@ fn fs_error(e: Ext4Error) -> GuestError {
     }
 }
 
+/// Where the superblock starts on the volume.
+const SUPERBLOCK_OFFSET: u64 = 1024;
+/// The superblock bytes [`check_superblock`] reads (up to and including `s_desc_size`).
+const SUPERBLOCK_CHECKED_LEN: usize = 0x100;
+/// `s_blocks_per_group` (u32 LE) within the superblock.
+const BLOCKS_PER_GROUP_AT: usize = 0x20;
+/// `s_feature_incompat` (u32 LE) within the superblock.
+const FEATURE_INCOMPAT_AT: usize = 0x60;
+/// `s_desc_size` (u16 LE) within the superblock: the group descriptor size on 64-bit ext4.
+const DESC_SIZE_AT: usize = 0xfe;
+/// INCOMPAT_64BIT: group descriptors are `s_desc_size` bytes, not 32.
+const INCOMPAT_64BIT: u32 = 0x80;
+/// The smallest 64-bit group descriptor (EXT4_MIN_DESC_SIZE_64BIT).
+const MIN_DESC_SIZE_64BIT: u16 = 64;
+
+/// Refuses the superblock fields ext4-view 0.9.3 trusts without checking (each found by the
+/// `guest_filesystems` fuzz target, see `tests/fuzz_regressions.rs`): a zero
+/// `s_blocks_per_group` (it divides by it) and a 64-bit `s_desc_size` below 64 (it reads the
+/// descriptor checksum at byte 0x1e of a shorter slice).
+fn check_superblock(vol: &Volume) -> Result<()> {
+    let mut sb = [0u8; SUPERBLOCK_CHECKED_LEN];
+    vol.read_exact_at(SUPERBLOCK_OFFSET, &mut sb, "ext4 superblock")?;
+    let u32_at = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+    let corrupt = |message: String| GuestError::Filesystem {
+        fs: "ext4",
+        message,
+    };
+    if u32_at(BLOCKS_PER_GROUP_AT) == 0 {
+        return Err(corrupt("superblock: s_blocks_per_group is 0".to_owned()));
+    }
+    let desc_size = u16::from_le_bytes([sb[DESC_SIZE_AT], sb[DESC_SIZE_AT + 1]]);
+    if u32_at(FEATURE_INCOMPAT_AT) & INCOMPAT_64BIT != 0 && desc_size < MIN_DESC_SIZE_64BIT {
+        return Err(corrupt(format!(
+            "superblock: 64-bit group descriptors of {desc_size} bytes (at least \
+             {MIN_DESC_SIZE_64BIT})"
+        )));
+    }
+    Ok(())
+}
+
 impl Ext4Fs {
     pub fn open(vol: Volume, kind: FsKind) -> Result<Ext4Fs> {
+        check_superblock(&vol)?;
         let fs = Ext4::load(Box::new(VolumeReader(vol))).map_err(fs_error)?;
         Ok(Ext4Fs { fs, kind })
     }
