@@ -349,8 +349,24 @@ stage_server() {
   port=$(free_port)
   url="http://127.0.0.1:$port"
   start_file_server
+  # Two local stores of different weights (Glance's enabled_backends fs:file,fs2:file): tempest's
+  # multi-store, copy-image and store-weight tests need at least two writable stores.
+  cat >"$WORK/ims.toml" <<'TOML'
+[[stores]]
+id = "fs"
+kind = "local"
+description = "primary"
+weight = 100
+default = true
+
+[[stores]]
+id = "fs2"
+kind = "local"
+description = "secondary"
+weight = 50
+TOML
   IMS_IMPORT_ALLOWED_PORTS="80,443,$FILES_PORT" IMS_IMPORT_EXEMPT_TARGETS="127.0.0.1:$FILES_PORT" \
-  IMS_ADMIN_PASSWORD="$admin_pw" "$IMS_BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$port" \
+  IMS_ADMIN_PASSWORD="$admin_pw" "$IMS_BIN" serve --config "$WORK/ims.toml" --data-dir "$WORK/data" --listen "127.0.0.1:$port" \
     >"$LOGS/server.out" 2>"$LOGS/server.log" </dev/null &
   pid=$!
   printf '%s' "$pid" >"$STATE/server.pid"
