@@ -365,6 +365,7 @@ kind = "local"
 description = "secondary"
 weight = 50
 TOML
+  IMS_IMPORT_METHODS="glance-direct,web-download,copy-image,glance-download" \
   IMS_IMPORT_ALLOWED_PORTS="80,443,$FILES_PORT" IMS_IMPORT_EXEMPT_TARGETS="127.0.0.1:$FILES_PORT" \
   IMS_ADMIN_PASSWORD="$admin_pw" "$IMS_BIN" serve --config "$WORK/ims.toml" --data-dir "$WORK/data" --listen "127.0.0.1:$port" \
     >"$LOGS/server.out" 2>"$LOGS/server.log" </dev/null &

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use futures::TryStreamExt;
 use ims_core::config::ImportMethod;
 use ims_core::images::parse_image_id;
-use ims_core::import::ImportRequest;
+use ims_core::import::{ImportRequest, RemoteImage};
 use ims_domain::ErrorKind;
 use ims_jobs::{Job, JobStatus};
 use serde_json::{Value, json};
@@ -109,6 +109,10 @@ fn parse_import(body: &Value, store_header: Option<String>) -> ApiResult<ImportR
         Some(Value::String(uri)) => Some(uri.clone()),
         Some(_) => return Err(ApiError::invalid("'uri' must be a string.")),
     };
+    let remote = match method_kind {
+        ImportMethod::GlanceDownload => Some(parse_remote(method)?),
+        _ => None,
+    };
     let flag = |key: &str, default: bool| match body.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
@@ -140,10 +144,34 @@ fn parse_import(body: &Value, store_header: Option<String>) -> ApiResult<ImportR
     }
     Ok(ImportRequest {
         uri,
+        remote,
         stores,
         all_stores,
         all_stores_must_succeed,
         ..ImportRequest::new(method_kind)
+    })
+}
+
+/// The source image of `glance-download`: `glance_image_id` (a UUID), `glance_region` and
+/// `glance_service_interface` (default `public`).
+fn parse_remote(method: &serde_json::Map<String, Value>) -> ApiResult<RemoteImage> {
+    let text = |key: &str| match method.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid(format!("'{key}' must be a string."))),
+    };
+    let id = text("glance_image_id")?
+        .ok_or_else(|| ApiError::invalid("glance-download needs 'glance_image_id'."))?;
+    let image_id = uuid::Uuid::parse_str(&id).map_err(|_| {
+        ApiError::invalid(format!("Remote image id does not look like a UUID: {id}"))
+    })?;
+    let region = text("glance_region")?
+        .ok_or_else(|| ApiError::invalid("glance-download needs 'glance_region'."))?;
+    let interface = text("glance_service_interface")?.unwrap_or_else(|| "public".to_owned());
+    Ok(RemoteImage {
+        image_id,
+        region,
+        interface,
     })
 }
 
@@ -312,6 +340,32 @@ mod tests {
         ] {
             assert!(parse_import(&bad, None).is_err(), "{bad}");
         }
+        let remote = parse_import(
+            &json!({"method": {"name": "glance-download", "glance_region": "R",
+                    "glance_image_id": "36d4b546-64a2-4bb9-bdd0-ba676aa48f2c"}}),
+            None,
+        )
+        .unwrap()
+        .remote
+        .unwrap();
+        assert_eq!(
+            (remote.region.as_str(), remote.interface.as_str()),
+            ("R", "public")
+        );
+        let bad_uuid = parse_import(
+            &json!({"method": {"name": "glance-download", "glance_region": "R",
+                    "glance_image_id": "foo"}}),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            bad_uuid
+                .message
+                .contains("image id does not look like a UUID")
+        );
+        let no_region = json!({"method": {"name": "glance-download",
+                               "glance_image_id": "36d4b546-64a2-4bb9-bdd0-ba676aa48f2c"}});
+        assert!(parse_import(&no_region, None).is_err());
         let both = json!({"method": {"name": "glance-direct"}, "stores": ["a"]});
         assert!(parse_import(&both, Some("b".into())).is_err());
         let with_all = json!({"method": {"name": "glance-direct"}, "all_stores": true});

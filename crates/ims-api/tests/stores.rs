@@ -545,3 +545,82 @@ async fn deleting_an_image_deletes_its_data_in_every_store() {
     assert!(fs.list().await.unwrap().is_empty());
     assert!(fs2.list().await.unwrap().is_empty());
 }
+
+/// `glance-download`: a node reads an image from its own catalog endpoint (a real listener, as
+/// the user who asked), taking the data, the formats and Glance's property prefixes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glance_download_reads_an_image_of_the_catalog_endpoint() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = multi_store_config();
+    config.public_url = Some(format!("http://{}", listener.local_addr().unwrap()));
+    config
+        .import
+        .methods
+        .push(ims_core::config::ImportMethod::GlanceDownload);
+    let n = node(config).await;
+    let server = n.router.clone();
+    tokio::spawn(async move { axum::serve(listener, server).await });
+
+    let src = n.create_id().await;
+    assert_eq!(
+        n.upload(&src, Some("fs2"), DATA).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let patch = json!([
+        {"op": "add", "path": "/hw_cpu_cores", "value": "5"},
+        {"op": "add", "path": "/os_distro", "value": "rhel"},
+        {"op": "add", "path": "/speed", "value": "88mph"},
+    ]);
+    let ct = [(
+        header::CONTENT_TYPE.as_str(),
+        "application/openstack-images-v2.1-json-patch",
+    )];
+    let r = n
+        .call(
+            &n.member,
+            "PATCH",
+            &format!("/v2/images/{src}"),
+            &ct,
+            patch.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let download = |region: &str, image: &str| {
+        json!({"method": {"name": "glance-download", "glance_image_id": image,
+                          "glance_region": region, "glance_service_interface": "public"}})
+    };
+    let dst = n.create_id().await;
+    let r = n
+        .import(&n.member, &dst, download("RegionOne", "foo"))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&r.body).contains("image id does not look like a UUID"));
+    let r = n.import(&n.member, &dst, download("RegionOne", &src)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let image = n.wait_import(&dst).await;
+    assert_eq!(image["status"], "active", "{image}");
+    assert_eq!(image["stores"], "fs");
+    assert_eq!(
+        (&image["disk_format"], &image["container_format"]),
+        (&json!("raw"), &json!("bare"))
+    );
+    assert_eq!(
+        (&image["hw_cpu_cores"], &image["os_distro"]),
+        (&json!("5"), &json!("rhel"))
+    );
+    assert!(image.get("speed").is_none(), "not a copied property");
+    assert_eq!(n.download(&dst).await.body, DATA);
+
+    for (region, source) in [
+        ("not a region", src.clone()),
+        ("RegionOne", uuid::Uuid::new_v4().to_string()),
+    ] {
+        let dst = n.create_id().await;
+        let r = n.import(&n.member, &dst, download(region, &source)).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        let image = n.wait_import(&dst).await;
+        assert_eq!(image["status"], "queued", "{region} {source}: {image}");
+        assert_eq!(n.tasks(&dst).await[0]["status"], "failure");
+    }
+}

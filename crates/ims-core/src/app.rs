@@ -17,7 +17,7 @@ use crate::cross_region::{CROSS_REGION_JOB_KIND, CrossRegionService};
 use crate::error::{ServiceError, ServiceResult};
 use crate::identity::IdentityService;
 use crate::images::ImageService;
-use crate::import::{IMPORT_JOB_KIND, ImportService};
+use crate::import::{Catalog, IMPORT_JOB_KIND, ImportService};
 use crate::metadefs::MetadefService;
 use crate::stores::Stores;
 
@@ -115,11 +115,17 @@ impl App {
             waker.clone(),
             config.region.clone(),
         )?);
+        let catalog = Catalog {
+            region: config.region.clone(),
+            public_url: config.public_url(),
+        };
         let imports = Arc::new(ImportService::new(
             images.clone(),
+            identity.clone(),
             jobs,
             waker.clone(),
             config.import.clone(),
+            catalog,
         ));
         Ok(App {
             config,

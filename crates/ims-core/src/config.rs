@@ -179,10 +179,21 @@ pub enum ImportMethod {
     /// The data of an active image copied to more stores (admin; offered only with several
     /// stores).
     CopyImage,
+    /// Data and properties read from an image of another Glance (this deployment's catalog
+    /// endpoint in a region). Opt-in, as in Glance.
+    GlanceDownload,
 }
 
 impl ImportMethod {
-    pub const ALL: [ImportMethod; 3] = [
+    pub const ALL: [ImportMethod; 4] = [
+        ImportMethod::GlanceDirect,
+        ImportMethod::WebDownload,
+        ImportMethod::CopyImage,
+        ImportMethod::GlanceDownload,
+    ];
+
+    /// Glance's default `enabled_import_methods` (`glance-download` is opt-in).
+    pub const DEFAULT: [ImportMethod; 3] = [
         ImportMethod::GlanceDirect,
         ImportMethod::WebDownload,
         ImportMethod::CopyImage,
@@ -193,6 +204,7 @@ impl ImportMethod {
             ImportMethod::GlanceDirect => "glance-direct",
             ImportMethod::WebDownload => "web-download",
             ImportMethod::CopyImage => "copy-image",
+            ImportMethod::GlanceDownload => "glance-download",
         }
     }
 
@@ -204,7 +216,7 @@ impl ImportMethod {
 impl Default for ImportConfig {
     fn default() -> Self {
         ImportConfig {
-            methods: ImportMethod::ALL.to_vec(),
+            methods: ImportMethod::DEFAULT.to_vec(),
             allowed_schemes: vec!["http".into(), "https".into()],
             allowed_ports: vec![80, 443],
             exempt_targets: Vec::new(),

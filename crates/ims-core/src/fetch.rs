@@ -231,7 +231,36 @@ pub async fn open_url(policy: &UrlPolicy, text: &str) -> Result<reqwest::Respons
 }
 
 /// One GET of a checked URL, connecting only to its checked address and following no redirect.
+/// Fetches `text` under `policy` with `X-Auth-Token: token` (another Glance's API, for
+/// `glance-download`). Redirects are refused rather than followed, so the token never travels
+/// to an address other than the one checked.
+pub async fn open_url_with_token(
+    policy: &UrlPolicy,
+    text: &str,
+    token: &str,
+) -> Result<reqwest::Response, FetchError> {
+    let checked = check_url(policy, text).await?;
+    let response = get_pinned_with(&checked, Some(token)).await?;
+    let status = response.status();
+    if status.is_redirection() {
+        return Err(FetchError::BadRedirect);
+    }
+    if !status.is_success() {
+        return Err(FetchError::Status {
+            status: status.as_u16(),
+        });
+    }
+    Ok(response)
+}
+
 async fn get_pinned(checked: &CheckedUrl) -> Result<reqwest::Response, FetchError> {
+    get_pinned_with(checked, None).await
+}
+
+async fn get_pinned_with(
+    checked: &CheckedUrl,
+    token: Option<&str>,
+) -> Result<reqwest::Response, FetchError> {
     let requesting = |source| FetchError::Requesting {
         url: checked.url.to_string(),
         source,
@@ -244,11 +273,11 @@ async fn get_pinned(checked: &CheckedUrl) -> Result<reqwest::Response, FetchErro
         builder = builder.resolve(name, checked.addr);
     }
     let client = builder.build().map_err(requesting)?;
-    client
-        .get(checked.url.clone())
-        .send()
-        .await
-        .map_err(requesting)
+    let mut request = client.get(checked.url.clone());
+    if let Some(token) = token {
+        request = request.header("x-auth-token", token);
+    }
+    request.send().await.map_err(requesting)
 }
 
 #[cfg(test)]

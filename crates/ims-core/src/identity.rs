@@ -314,6 +314,45 @@ impl IdentityService {
         })
     }
 
+    /// A token for `user_id` on `project_id` with the roles the user holds there now, valid
+    /// for `ttl_secs`: what a job running for the user presents to an API of this deployment
+    /// (`glance-download` reads the source image as the user who asked for the import).
+    pub async fn issue_for(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        ttl_secs: u64,
+    ) -> ServiceResult<String> {
+        let denied =
+            || ServiceError::unauthorized("The user no longer holds a role on the project.");
+        let user = self.meta.get_user(user_id).await?.ok_or_else(denied)?;
+        let project = self
+            .meta
+            .get_project(project_id)
+            .await?
+            .ok_or_else(denied)?;
+        let assigned = self.meta.assigned_roles(&user.id, &project.id).await?;
+        if assigned.is_empty() {
+            return Err(denied());
+        }
+        let issued_at = ims_domain::to_micros(ims_domain::now());
+        let claims = TokenClaims {
+            user_id: user.id,
+            user_name: user.name,
+            project_id: Some(project.id),
+            project_name: Some(project.name),
+            roles: effective_roles(assigned)
+                .into_iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+            issued_at,
+            expires_at: issued_at
+                .saturating_add((ttl_secs.min(self.ttl_secs) as i64).saturating_mul(1_000_000)),
+            audit_id: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()),
+        };
+        Ok(self.sign(&claims))
+    }
+
     fn mac(&self) -> HmacSha256 {
         HmacSha256::new_from_slice(&self.signing_key).expect("HMAC accepts any key length")
     }

@@ -4,7 +4,9 @@
 //! worker — on any node — streams the data from the staging area (`glance-direct`) or from a URL
 //! fetched under [`crate::fetch`]'s rules (`web-download`) through the same inspection and
 //! publication path as an upload into the first target store, then copies it to the others
-//! (`copy-image` does only the copying, for an active image). Progress shows in
+//! (`copy-image` does only the copying, for an active image; `glance-download` reads the data
+//! and some properties of an image of this deployment's catalog endpoint in a region, as the
+//! user who asked). Progress shows in
 //! `os_glance_importing_to_stores` and `os_glance_failed_import`. Glance's tasks (`/v2/tasks`,
 //! `/v2/images/{id}/tasks`) are views over these jobs.
 
@@ -22,7 +24,8 @@ use time::OffsetDateTime;
 
 use crate::config::{ImportConfig, ImportMethod};
 use crate::error::{ServiceError, ServiceResult};
-use crate::fetch::{UrlPolicy, open_url};
+use crate::fetch::{UrlPolicy, open_url, open_url_with_token};
+use crate::identity::IdentityService;
 use crate::images::ImageService;
 use crate::stores::Store;
 
@@ -36,6 +39,16 @@ pub const IMPORTING_PROPERTY: &str = "os_glance_importing_to_stores";
 pub const FAILED_PROPERTY: &str = "os_glance_failed_import";
 /// Import jobs run once more after a crash; a failure the handler reports is final.
 const IMPORT_MAX_ATTEMPTS: u32 = 3;
+/// Lifetime of the token a `glance-download` job reads the source image with.
+const REMOTE_TOKEN_TTL_SECS: u64 = 3600;
+/// Largest image document accepted from a remote Glance.
+const MAX_REMOTE_IMAGE_JSON: usize = 1 << 20;
+/// Properties `glance-download` copies from the source image: these keys and every key with
+/// these prefixes (Glance's `[glance_download_properties] extra_properties`).
+const REMOTE_PROPERTY_PREFIXES: &[&str] =
+    &["hw_", "trait:", "os_distro", "os_secure_boot", "os_type"];
+/// Interfaces a catalog endpoint may be asked for by.
+const CATALOG_INTERFACES: &[&str] = &["public", "internal", "admin"];
 
 /// Where staged data of an image waits for its `glance-direct` import.
 pub fn staging_key(image_id: uuid::Uuid) -> BlobKey {
@@ -49,12 +62,38 @@ pub fn staged_image(key: &str) -> Option<uuid::Uuid> {
         .and_then(|id| uuid::Uuid::parse_str(id).ok())
 }
 
+/// The source image of a `glance-download` import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteImage {
+    pub image_id: uuid::Uuid,
+    pub region: String,
+    /// The catalog interface (`public`, `internal`, `admin`).
+    pub interface: String,
+}
+
+/// Where this deployment's image API is, by region (the catalog every token carries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    pub region: String,
+    pub public_url: String,
+}
+
+impl Catalog {
+    /// The image endpoint for `region` and `interface`, if the catalog has one.
+    fn image_endpoint(&self, region: &str, interface: &str) -> Option<&str> {
+        (region == self.region && CATALOG_INTERFACES.contains(&interface))
+            .then_some(self.public_url.as_str())
+    }
+}
+
 /// What an import call asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportRequest {
     pub method: ImportMethod,
     /// The source URL (`web-download`).
     pub uri: Option<String>,
+    /// The source image (`glance-download`).
+    pub remote: Option<RemoteImage>,
     /// Stores named by `stores` or `X-Image-Meta-Store`; none = the default store.
     pub stores: Vec<String>,
     /// Every writable store (for `copy-image`: every one not holding the data yet).
@@ -70,11 +109,21 @@ impl ImportRequest {
         ImportRequest {
             method,
             uri: None,
+            remote: None,
             stores: Vec::new(),
             all_stores: false,
             all_stores_must_succeed: true,
         }
     }
+}
+
+/// The `method` object of a job's `import_req`, as the import call named it.
+fn method_json(method: ImportMethod, uri: Option<&str>, remote: Option<Value>) -> Value {
+    let mut object = json!({"name": method.as_str(), "uri": uri});
+    if let (Some(map), Some(Value::Object(remote))) = (object.as_object_mut(), remote) {
+        map.extend(remote);
+    }
+    object
 }
 
 /// Joins store ids as Glance's comma-list properties show them.
@@ -97,23 +146,29 @@ fn parse_store_list(value: Option<&String>) -> Vec<String> {
 /// Staging and import, over the image service and the job store.
 pub struct ImportService {
     images: Arc<ImageService>,
+    identity: Arc<IdentityService>,
     jobs: Arc<dyn JobStore>,
     waker: ims_jobs::runner::Waker,
     config: ImportConfig,
+    catalog: Catalog,
 }
 
 impl ImportService {
     pub fn new(
         images: Arc<ImageService>,
+        identity: Arc<IdentityService>,
         jobs: Arc<dyn JobStore>,
         waker: ims_jobs::runner::Waker,
         config: ImportConfig,
+        catalog: Catalog,
     ) -> ImportService {
         ImportService {
             images,
+            identity,
             jobs,
             waker,
             config,
+            catalog,
         }
     }
 
@@ -141,11 +196,9 @@ impl ImportService {
     pub fn handler(&self) -> Arc<dyn JobHandler> {
         Arc::new(ImportHandler {
             images: self.images.clone(),
-            policy: UrlPolicy {
-                allowed_schemes: self.config.allowed_schemes.clone(),
-                allowed_ports: self.config.allowed_ports.clone(),
-                exempt_targets: self.config.exempt_targets.clone(),
-            },
+            identity: self.identity.clone(),
+            policy: self.handler_policy(),
+            catalog: self.catalog.clone(),
         })
     }
 
@@ -234,7 +287,7 @@ impl ImportService {
         }
         let needed = match request.method {
             ImportMethod::GlanceDirect => ImageStatus::Uploading,
-            ImportMethod::WebDownload => ImageStatus::Queued,
+            ImportMethod::WebDownload | ImportMethod::GlanceDownload => ImageStatus::Queued,
             ImportMethod::CopyImage => ImageStatus::Active,
         };
         if image.status != needed {
@@ -270,7 +323,22 @@ impl ImportService {
                 Some(uri)
             }
             ImportMethod::GlanceDirect | ImportMethod::CopyImage => None,
+            ImportMethod::GlanceDownload => {
+                if request.remote.is_none() {
+                    return Err(ServiceError::invalid(
+                        "glance-download needs 'glance_image_id' and 'glance_region'.",
+                    ));
+                }
+                None
+            }
         };
+        let remote = request.remote.as_ref().map(|r| {
+            json!({
+                "glance_image_id": r.image_id.to_string(),
+                "glance_region": r.region,
+                "glance_service_interface": r.interface,
+            })
+        });
         self.check_lock(&image).await?;
 
         let mut job = NewJob::new(
@@ -279,12 +347,13 @@ impl ImportService {
             json!({
                 "image_id": id.to_string(),
                 "import_req": {
-                    "method": {"name": request.method.as_str(), "uri": uri},
+                    "method": method_json(request.method, uri.as_deref(), remote),
                     "stores": request.stores,
                     "all_stores": request.all_stores,
                     "all_stores_must_succeed": request.all_stores_must_succeed,
                 },
                 "backend": targets,
+                "caller_project": caller.project_id,
             }),
         );
         job.image_id = Some(id);
@@ -507,7 +576,9 @@ async fn record_store(images: &ImageService, id: uuid::Uuid, store: &str, failed
 /// Runs import jobs.
 struct ImportHandler {
     images: Arc<ImageService>,
+    identity: Arc<IdentityService>,
     policy: UrlPolicy,
+    catalog: Catalog,
 }
 
 /// What an import job was asked to do, read back from its payload.
@@ -515,6 +586,10 @@ struct ImportJob {
     id: uuid::Uuid,
     method: ImportMethod,
     uri: Option<String>,
+    remote: Option<RemoteImage>,
+    /// Who asked: `glance-download` reads the source as this user on this project.
+    user_id: Option<String>,
+    project_id: Option<String>,
     targets: Vec<String>,
     must_succeed: bool,
 }
@@ -540,10 +615,28 @@ impl ImportJob {
         if targets.is_empty() {
             return Err(JobFailure::Fatal("import job names no store".into()));
         }
+        let m = &request["method"];
+        let remote = match (
+            m["glance_image_id"].as_str().map(uuid::Uuid::parse_str),
+            m["glance_region"].as_str(),
+        ) {
+            (Some(Ok(image_id)), Some(region)) => Some(RemoteImage {
+                image_id,
+                region: region.to_owned(),
+                interface: m["glance_service_interface"]
+                    .as_str()
+                    .unwrap_or("public")
+                    .to_owned(),
+            }),
+            _ => None,
+        };
         Ok(ImportJob {
             id,
             method,
-            uri: request["method"]["uri"].as_str().map(str::to_owned),
+            uri: m["uri"].as_str().map(str::to_owned),
+            remote,
+            user_id: job.user_id.clone(),
+            project_id: payload["caller_project"].as_str().map(str::to_owned),
             targets,
             must_succeed: request["all_stores_must_succeed"].as_bool().unwrap_or(true),
         })
@@ -596,11 +689,92 @@ impl ImportHandler {
                     )
                     .await
             }
+            ImportMethod::GlanceDownload => self.glance_download(image, job, store).await,
             ImportMethod::CopyImage => Err(ServiceError::conflict(format!(
                 "Image {} has no data to copy.",
                 image.id
             ))),
         }
+    }
+
+    /// Reads the source image's record and data from the catalog's image endpoint as the user
+    /// who asked; takes its formats and the properties Glance copies, then ingests the data.
+    async fn glance_download(
+        &self,
+        image: &Image,
+        job: &ImportJob,
+        store: &Store,
+    ) -> ServiceResult<Image> {
+        let remote = job
+            .remote
+            .as_ref()
+            .ok_or_else(|| ServiceError::invalid("glance-download names no source image"))?;
+        let endpoint = self
+            .catalog
+            .image_endpoint(&remote.region, &remote.interface)
+            .ok_or_else(|| {
+                ServiceError::invalid(format!(
+                    "No image endpoint in region {:?} for interface {:?}.",
+                    remote.region, remote.interface
+                ))
+            })?;
+        let (user, project) = job
+            .user_id
+            .as_deref()
+            .zip(job.project_id.as_deref())
+            .ok_or_else(|| ServiceError::invalid("glance-download names no user"))?;
+        let token = self
+            .identity
+            .issue_for(user, project, REMOTE_TOKEN_TTL_SECS)
+            .await?;
+        // The endpoint comes from this deployment's own catalog, not from the caller: it is
+        // reachable although it may be a loopback or private address.
+        let policy = self.catalog_policy(endpoint).await?;
+        let source = format!("{endpoint}/v2/images/{}", remote.image_id);
+        let fetch_error =
+            |e: crate::fetch::FetchError| ServiceError::invalid(format!("reading {source}: {e}"));
+        let response = open_url_with_token(&policy, &source, &token)
+            .await
+            .map_err(fetch_error)?;
+        let record = read_limited_json(response, MAX_REMOTE_IMAGE_JSON)
+            .await
+            .map_err(|e| ServiceError::invalid(format!("reading {source}: {e}")))?;
+        if record["status"] != "active" {
+            return Err(ServiceError::conflict(format!(
+                "The source image {} is not active.",
+                remote.image_id
+            )));
+        }
+        let image = self
+            .images
+            .mutate(image.id, |image| {
+                take_remote_attributes(image, &record);
+                Ok(())
+            })
+            .await?;
+        let file = format!("{source}/file");
+        let response = open_url_with_token(&policy, &file, &token)
+            .await
+            .map_err(fetch_error)?;
+        let stream = response.bytes_stream().boxed();
+        self.images
+            .ingest(&image, stream, None, ImageStatus::Importing, store)
+            .await
+    }
+
+    /// The import URL policy plus the catalog endpoint's own address.
+    async fn catalog_policy(&self, endpoint: &str) -> ServiceResult<UrlPolicy> {
+        let url = url::Url::parse(endpoint)
+            .map_err(|e| ServiceError::invalid(format!("catalog endpoint {endpoint}: {e}")))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let addrs = tokio::net::lookup_host((host.trim_matches(|c| c == '[' || c == ']'), port))
+            .await
+            .map_err(|e| ServiceError::invalid(format!("resolving {endpoint}: {e}")))?;
+        let mut policy = self.policy.clone();
+        policy.allowed_ports.push(port);
+        policy.exempt_targets.extend(addrs);
+        Ok(policy)
     }
 
     /// Brings new data into the first target store (publishing the image) if the image has
@@ -699,6 +873,42 @@ impl JobHandler for ImportHandler {
         let stores = image.data.map(|d| d.stores).unwrap_or_default();
         Ok(json!({"image_id": id.to_string(), "stores": stores}))
     }
+}
+
+/// Takes the source image's formats and the properties Glance's `glance-download` copies.
+fn take_remote_attributes(image: &mut Image, record: &Value) {
+    for (key, slot) in [
+        ("disk_format", &mut image.disk_format),
+        ("container_format", &mut image.container_format),
+    ] {
+        if let Some(value) = record[key].as_str() {
+            *slot = Some(value.to_owned());
+        }
+    }
+    let Some(fields) = record.as_object() else {
+        return;
+    };
+    for (key, value) in fields {
+        if let Some(value) = value.as_str()
+            && REMOTE_PROPERTY_PREFIXES.iter().any(|p| key.starts_with(p))
+        {
+            image.properties.insert(key.clone(), value.to_owned());
+        }
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes.
+async fn read_limited_json(response: reqwest::Response, limit: usize) -> Result<Value, String> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the image document is larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
 impl ImportHandler {
