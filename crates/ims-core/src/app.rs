@@ -116,7 +116,7 @@ impl App {
             config.region.clone(),
         )?);
         let catalog = Catalog {
-            region: config.region.clone(),
+            region: config.region.name.clone(),
             public_url: config.public_url(),
         };
         let imports = Arc::new(ImportService::new(

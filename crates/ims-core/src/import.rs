@@ -758,7 +758,14 @@ impl ImportHandler {
             .map_err(fetch_error)?;
         let stream = response.bytes_stream().boxed();
         self.images
-            .ingest(&image, stream, None, ImageStatus::Importing, store)
+            .ingest(
+                &image,
+                stream,
+                None,
+                ImageStatus::Importing,
+                store,
+                &Default::default(),
+            )
             .await
     }
 

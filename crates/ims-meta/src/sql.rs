@@ -1225,6 +1225,58 @@ impl MetaStore for SqlStore {
 mod tests {
     use super::*;
 
+    /// A database written before several stores existed: migration 0005 turns each image's
+    /// `store` into the one-element store list.
+    #[tokio::test]
+    async fn migration_0005_moves_the_store_into_the_store_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("old.sqlite").display()
+        );
+        let pool = SqlitePool::connect(&url).await.unwrap();
+        let all = sqlx::migrate!("./migrations/sqlite");
+        let before = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(
+                all.migrations
+                    .iter()
+                    .filter(|m| m.version < 5)
+                    .cloned()
+                    .collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        let id = uuid::Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO images (id, status, visibility, protected, os_hidden, owner, \
+             container_format, disk_format, min_ram, min_disk, size, checksum, os_hash_algo, \
+             os_hash_value, virtual_size, blob_key, store, created_at, updated_at, revision, \
+             tags_json, properties_json) VALUES ($1, 'active', 'private', 0, 0, 'p', 'bare', \
+             'raw', 0, 0, 5, 'c', 'sha512', 'h', 5, 'images/k', 'local', 0, 0, 0, '[]', '{}')",
+        )
+        .bind(id.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = SqlStore::connect(&url).await.unwrap();
+        let image = store.get_image(id).await.unwrap().unwrap();
+        let data = image.data.unwrap();
+        assert_eq!(
+            (data.blob_key.as_str(), data.stores.as_slice()),
+            ("images/k", &["local".to_owned()][..])
+        );
+        assert_eq!(
+            store
+                .blob_reference_count("images/k", "local")
+                .await
+                .unwrap(),
+            1
+        );
+    }
+
     #[test]
     fn placeholders_number_the_args() {
         let mut stmt = Stmt::new("SELECT 1 WHERE a = ");
