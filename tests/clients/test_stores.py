@@ -80,7 +80,7 @@ def test_store_listing_by_glanceclient_and_openstackclient():
     ids = [s.get("ID") or s.get("id") for s in listed]
     assert ids == ["fs", "fs2"], listed
     text = run("glance", "stores-info").stdout
-    assert "'id': 'fs'" in text and "'id': 'fs2'" in text and "'default': 'true'" in text, text
+    assert '"id": "fs"' in text and '"id": "fs2"' in text and '"default": "true"' in text, text
 
 
 def test_upload_to_a_store_copy_image_and_delete_from_store(small, admin_env, tmp_path):
