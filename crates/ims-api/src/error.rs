@@ -43,14 +43,6 @@ pub fn ims_status_and_code(kind: ErrorKind) -> (StatusCode, &'static str) {
     }
 }
 
-/// The kind a job record's `error_code` names (jobs store the kind; see `ims-core::cloudimages`).
-pub fn kind_named(name: &str) -> ErrorKind {
-    ErrorKind::ALL
-        .into_iter()
-        .find(|k| format!("{k:?}") == name)
-        .unwrap_or(ErrorKind::Internal)
-}
-
 /// The API gateway's code for a refused signature or token.
 pub const GATEWAY_AUTH_CODE: &str = "APIGW.0301";
 
@@ -204,7 +196,6 @@ mod tests {
             let (status, code) = ims_status_and_code(kind);
             assert!(documented.contains(&status.as_u16()), "{kind:?} → {status}");
             assert!(code.starts_with("IMG.") && code.len() == 8, "{code}");
-            assert_eq!(kind_named(&format!("{kind:?}")), kind);
             let response = ApiError::new(kind, "m").ims().into_response();
             assert_eq!(response.status(), status);
         }

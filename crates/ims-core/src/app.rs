@@ -12,7 +12,9 @@ use ims_meta::sql::SqlStore;
 
 use crate::access_keys::{AccessKeyService, load_or_create_seal_key};
 use crate::cloudimages::CloudImageService;
+use crate::cloudjobs::{ImsJobHandler, ImsJobKind};
 use crate::config::Config;
+use crate::conversion::ConversionService;
 use crate::cross_region::{CROSS_REGION_JOB_KIND, CrossRegionService};
 use crate::error::{ServiceError, ServiceResult};
 use crate::identity::IdentityService;
@@ -55,6 +57,8 @@ impl App {
         let jobs: Arc<dyn JobStore> = Arc::new(ims_jobs::sql::SqlJobStore::new(&sql));
         let cloud: Arc<dyn CloudImageStore> = sql;
         let stores = Stores::open(&config).await?;
+        // Work files of conversions a crash interrupted; their jobs start over.
+        ConversionService::new(&config.work_dir(), config.conversion.threads).sweep()?;
         let seal_key = load_or_create_seal_key(&config.access_key_seal_file())?;
         Self::with_job_store(config, meta, metadefs, stores, cloud, seal_key, jobs).await
     }
@@ -102,10 +106,9 @@ impl App {
             Some(connection) => Some(Arc::new(Buckets::new(connection.clone())?)),
             None => None,
         };
-        let cloud_images = Arc::new(CloudImageService::new(
-            images.clone(),
-            cloud.clone(),
-            config.ims.clone(),
+        let conversion = Arc::new(ConversionService::new(
+            &config.work_dir(),
+            config.conversion.threads,
         ));
         let waker = Waker::new();
         let cross_region = Arc::new(CrossRegionService::new(
@@ -119,6 +122,15 @@ impl App {
             region: config.region.name.clone(),
             public_url: config.public_url(),
         };
+        let cloud_images = Arc::new(CloudImageService::new(
+            images.clone(),
+            config.ims.clone(),
+            jobs.clone(),
+            waker.clone(),
+            buckets.clone(),
+            conversion.clone(),
+            cloud.clone(),
+        ));
         let imports = Arc::new(ImportService::new(
             images.clone(),
             identity.clone(),
@@ -126,6 +138,7 @@ impl App {
             waker.clone(),
             config.import.clone(),
             catalog,
+            conversion,
         ));
         Ok(App {
             config,
@@ -142,16 +155,28 @@ impl App {
         })
     }
 
-    /// Starts this node's job workers (imports, cross-region copies); they share the job table with every node.
+    /// Starts this node's job workers (Glance imports, IMS jobs, cross-region copies); they
+    /// share the job table with every node.
     pub fn start_workers(&self, node: &str) -> RunnerHandle {
         let config = RunnerConfig {
             concurrency: self.config.import.workers.max(1),
             ..RunnerConfig::new(node)
         };
+        self.runner(config).start()
+    }
+
+    /// A runner with every job handler registered, woken by this app's submissions; tests use
+    /// it with short leases.
+    pub fn runner(&self, config: RunnerConfig) -> Runner {
         let mut runner = Runner::new(self.imports.jobs().clone(), config);
         runner.register(IMPORT_JOB_KIND, self.imports.handler());
         runner.register(CROSS_REGION_JOB_KIND, self.cross_region.handler());
-        runner.with_waker(self.waker.clone()).start()
+        let ims: Arc<dyn ims_jobs::runner::JobHandler> =
+            Arc::new(ImsJobHandler::new(self.cloud_images.clone()));
+        for kind in ImsJobKind::ALL {
+            runner.register(kind.as_str(), ims.clone());
+        }
+        runner.with_waker(self.waker.clone())
     }
 
     /// In-memory stores (one per `[[stores]]` entry); for tests.

@@ -5,21 +5,22 @@
 //! Key/value tags are stored as the image's Glance tags in the form `key=value` (Glance tags of
 //! the IMS dialect may not contain `=`, so the two kinds never collide); both APIs see them.
 //!
-//! Jobs run on the runtime as tasks and their records are durable (`CloudImageStore`); the
-//! record's `error_code` holds the failed kind, which the API maps to an IMS code. A job that was
-//! running when the process stopped stays `RUNNING`: the durable queue (`ims-jobs`, being built
-//! on another branch) will replace the tasks and resume them.
+//! Jobs are durable `ims-jobs` jobs run by workers ([`crate::cloudjobs`]); the bucket jobs
+//! (import from and export to a user's bucket) are [`crate::bucketjobs`].
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 
+use ims_blob::buckets::Buckets;
 use ims_domain::os_catalog::{self, CatalogOsType};
 use ims_domain::{Caller, ErrorKind, Image, ImageStatus, MemberStatus, Visibility};
-use ims_meta::cloudimages::{CloudImageStore, JobRecord};
+use ims_jobs::JobStore;
+use ims_jobs::runner::Waker;
+use ims_meta::cloudimages::CloudImageStore;
 use serde_json::{Value, json};
 
 use crate::config::ImsConfig;
+use crate::conversion::ConversionService;
 use crate::error::{ServiceError, ServiceResult};
 use crate::images::ImageService;
 
@@ -90,19 +91,17 @@ impl JobStatus {
     }
 }
 
-/// What a finished job reports: its `entities`, or the failure.
-pub type JobOutcome = Result<Value, ServiceError>;
-
-/// A job as the job queries render it.
-pub struct JobView {
-    pub record: JobRecord,
-    pub entities: Value,
-}
-
 pub struct CloudImageService {
     images: Arc<ImageService>,
-    store: Arc<dyn CloudImageStore>,
     config: ImsConfig,
+    jobs: Arc<dyn JobStore>,
+    waker: Waker,
+    /// Users' buckets, when configured; bucket jobs fail with [`object_storage_unavailable`]
+    /// otherwise.
+    buckets: Option<Arc<Buckets>>,
+    conversion: Arc<ConversionService>,
+    /// Job records kept outside the queue's IMS kinds (cross-region copies).
+    records: Arc<dyn CloudImageStore>,
 }
 
 /// A validated key/value tag.
@@ -407,20 +406,29 @@ pub fn is_service_property(key: &str) -> bool {
     SERVICE_PROPERTIES.contains(&key)
 }
 
-fn new_job_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
 impl CloudImageService {
+    /// Job records kept outside the queue's IMS kinds.
+    pub(crate) fn records(&self) -> &Arc<dyn CloudImageStore> {
+        &self.records
+    }
+
     pub fn new(
         images: Arc<ImageService>,
-        store: Arc<dyn CloudImageStore>,
         config: ImsConfig,
+        jobs: Arc<dyn JobStore>,
+        waker: Waker,
+        buckets: Option<Arc<Buckets>>,
+        conversion: Arc<ConversionService>,
+        records: Arc<dyn CloudImageStore>,
     ) -> CloudImageService {
         CloudImageService {
             images,
-            store,
             config,
+            jobs,
+            waker,
+            buckets,
+            conversion,
+            records,
         }
     }
 
@@ -432,73 +440,26 @@ impl CloudImageService {
         &self.config
     }
 
-    /// Records a job and runs `work` on the runtime; returns the job id at once.
-    pub async fn start_job<F>(
-        self: &Arc<Self>,
-        caller: &Caller,
-        job_type: &str,
-        entities: Value,
-        work: F,
-    ) -> ServiceResult<String>
-    where
-        F: Future<Output = JobOutcome> + Send + 'static,
-    {
-        let record = JobRecord {
-            id: new_job_id(),
-            project_id: caller.project_id.clone(),
-            job_type: job_type.to_string(),
-            status: JobStatus::Running.as_str().into(),
-            begin_time: ims_domain::now(),
-            end_time: None,
-            error_code: None,
-            fail_reason: None,
-            entities: entities.to_string(),
-        };
-        self.store.put_job(&record).await?;
-        let id = record.id.clone();
-        let store = self.store.clone();
-        let span = tracing::info_span!("ims_job", job_id = %id, job_type);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let outcome = work.await;
-                let mut record = record;
-                record.end_time = Some(ims_domain::now());
-                match outcome {
-                    Ok(result) => {
-                        let mut merged: Value =
-                            serde_json::from_str(&record.entities).unwrap_or(json!({}));
-                        if let (Some(m), Value::Object(extra)) = (merged.as_object_mut(), result) {
-                            m.extend(extra);
-                        }
-                        record.entities = merged.to_string();
-                        record.status = JobStatus::Success.as_str().into();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e.message, "job failed");
-                        record.status = JobStatus::Fail.as_str().into();
-                        record.error_code = Some(format!("{:?}", e.kind));
-                        record.fail_reason = Some(e.message);
-                    }
-                }
-                if let Err(e) = store.put_job(&record).await {
-                    tracing::warn!(error = %e, "recording the job's end failed");
-                }
-            },
-            span,
-        ));
-        Ok(id)
+    /// The queue IMS jobs live in.
+    pub fn jobs(&self) -> &Arc<dyn JobStore> {
+        &self.jobs
     }
 
-    /// A job of the caller's project.
-    pub async fn job(&self, caller: &Caller, id: &str) -> ServiceResult<JobView> {
-        let record = self
-            .store
-            .get_job(id)
-            .await?
-            .filter(|j| j.project_id == caller.project_id || caller.is_admin())
-            .ok_or_else(|| ServiceError::not_found(format!("Job {id} not found")))?;
-        let entities = serde_json::from_str(&record.entities).unwrap_or(json!({}));
-        Ok(JobView { record, entities })
+    /// Tells this node's idle workers a job was submitted.
+    pub(crate) fn wake_workers(&self) {
+        self.waker.wake();
+    }
+
+    /// The users' buckets, or the IMS error that says none are configured (`action` is what
+    /// the job would have done, e.g. "read bucket:object").
+    pub fn buckets(&self, action: &str) -> ServiceResult<&Arc<Buckets>> {
+        self.buckets
+            .as_ref()
+            .ok_or_else(|| object_storage_unavailable(action))
+    }
+
+    pub fn conversion(&self) -> &Arc<ConversionService> {
+        &self.conversion
     }
 
     /// Private images the project owns, for the quota (seed table 5-1).

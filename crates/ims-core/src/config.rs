@@ -39,6 +39,61 @@ pub struct Config {
     pub gc: GcConfig,
     pub ims: ImsConfig,
     pub import: ImportConfig,
+    pub conversion: ConversionConfig,
+}
+
+/// Format conversion (IMS export, Glance's import conversion): where work files go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversionConfig {
+    /// Directory for the work files of conversions (sources needing random access, outputs
+    /// being written); emptied of leftovers at start. Needs room for a source and its
+    /// conversion. Default `<data_dir>/work`. Env `IMS_CONVERSION_WORK_DIR`.
+    pub work_dir: Option<PathBuf>,
+    /// Engine threads per conversion; 0 = one per core. Env `IMS_CONVERSION_THREADS`.
+    pub threads: usize,
+}
+
+/// A format Glance's import may convert images to (`[import] convert_to`, like Glance's
+/// `image_conversion` plugin's `output_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvertTarget {
+    Raw,
+    Qcow2,
+    Vmdk,
+    Vhd,
+}
+
+impl ConvertTarget {
+    pub const ALL: [ConvertTarget; 4] = [
+        ConvertTarget::Raw,
+        ConvertTarget::Qcow2,
+        ConvertTarget::Vmdk,
+        ConvertTarget::Vhd,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConvertTarget::Raw => "raw",
+            ConvertTarget::Qcow2 => "qcow2",
+            ConvertTarget::Vmdk => "vmdk",
+            ConvertTarget::Vhd => "vhd",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ConvertTarget> {
+        ConvertTarget::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    pub fn format(self) -> ims_diskfmt::Format {
+        match self {
+            ConvertTarget::Raw => ims_diskfmt::Format::Raw,
+            ConvertTarget::Qcow2 => ims_diskfmt::Format::Qcow2,
+            ConvertTarget::Vmdk => ims_diskfmt::Format::Vmdk,
+            ConvertTarget::Vhd => ims_diskfmt::Format::Vhd,
+        }
+    }
 }
 
 /// The IMS API (Huawei Cloud IMS dialect): signatures and the limits of the seed's tables 5-1…5-6.
@@ -166,6 +221,9 @@ pub struct ImportConfig {
     pub exempt_targets: Vec<SocketAddr>,
     /// Import jobs this node runs at once. Env `IMS_IMPORT_WORKERS`.
     pub workers: usize,
+    /// Convert imported images to this format after staging (Glance's `image_conversion`
+    /// plugin, `output_format`); unset keeps the uploaded format. Env `IMS_IMPORT_CONVERT_TO`.
+    pub convert_to: Option<ConvertTarget>,
 }
 
 /// An import method (Glance's names).
@@ -221,6 +279,7 @@ impl Default for ImportConfig {
             allowed_ports: vec![80, 443],
             exempt_targets: Vec::new(),
             workers: 2,
+            convert_to: None,
         }
     }
 }
@@ -358,6 +417,7 @@ impl Default for Config {
             gc: GcConfig::default(),
             ims: ImsConfig::default(),
             import: ImportConfig::default(),
+            conversion: ConversionConfig::default(),
         }
     }
 }
@@ -559,6 +619,24 @@ impl Config {
             &mut import.exempt_targets,
         )?;
         env_parse(env, "IMS_IMPORT_WORKERS", &mut import.workers)?;
+        if let Some(value) = env("IMS_IMPORT_CONVERT_TO") {
+            import.convert_to = match value.as_str() {
+                "" | "none" => None,
+                name => Some(ConvertTarget::parse(name).ok_or_else(|| ConfigError::Env {
+                    name: "IMS_IMPORT_CONVERT_TO",
+                    value: value.clone(),
+                    reason: "expected raw, qcow2, vmdk or vhd".into(),
+                })?),
+            };
+        }
+        if let Some(dir) = env("IMS_CONVERSION_WORK_DIR") {
+            config.conversion.work_dir = Some(PathBuf::from(dir));
+        }
+        env_parse(
+            env,
+            "IMS_CONVERSION_THREADS",
+            &mut config.conversion.threads,
+        )?;
         Ok(config)
     }
 
@@ -567,6 +645,14 @@ impl Config {
             .access_key_seal_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("access-keys.seal"))
+    }
+
+    /// Where conversions keep their work files.
+    pub fn work_dir(&self) -> PathBuf {
+        self.conversion
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("work"))
     }
 
     pub fn public_url(&self) -> String {

@@ -15,14 +15,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use ims_blob::BlobKey;
+use ims_blob::{BlobKey, BlobStream};
+use ims_diskfmt::Format;
 use ims_domain::{Caller, ErrorKind, Image, ImageStatus};
 use ims_jobs::runner::{JobContext, JobFailure, JobHandler};
 use ims_jobs::{Job, JobFilter, JobStore, NewJob};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::config::{ImportConfig, ImportMethod};
+use crate::config::{ConvertTarget, ImportConfig, ImportMethod};
+use crate::conversion::ConversionService;
 use crate::error::{ServiceError, ServiceResult};
 use crate::fetch::{UrlPolicy, open_url, open_url_with_token};
 use crate::identity::IdentityService;
@@ -151,6 +153,7 @@ pub struct ImportService {
     waker: ims_jobs::runner::Waker,
     config: ImportConfig,
     catalog: Catalog,
+    conversion: Arc<ConversionService>,
 }
 
 impl ImportService {
@@ -161,6 +164,7 @@ impl ImportService {
         waker: ims_jobs::runner::Waker,
         config: ImportConfig,
         catalog: Catalog,
+        conversion: Arc<ConversionService>,
     ) -> ImportService {
         ImportService {
             images,
@@ -169,6 +173,7 @@ impl ImportService {
             waker,
             config,
             catalog,
+            conversion,
         }
     }
 
@@ -199,6 +204,8 @@ impl ImportService {
             identity: self.identity.clone(),
             policy: self.handler_policy(),
             catalog: self.catalog.clone(),
+            convert_to: self.config.convert_to,
+            conversion: self.conversion.clone(),
         })
     }
 
@@ -500,6 +507,7 @@ impl ImportService {
     pub async fn list_tasks(&self, caller: &Caller) -> ServiceResult<Vec<Job>> {
         let filter = JobFilter {
             project: (!caller.is_admin()).then(|| caller.project_id.clone()),
+            kind: Some(IMPORT_JOB_KIND.into()),
             ..JobFilter::default()
         };
         self.jobs
@@ -515,7 +523,8 @@ impl ImportService {
             .get(id)
             .await
             .map_err(|e| ServiceError::internal("reading a task", &e))?;
-        job.filter(|j| caller.is_admin() || j.project == caller.project_id)
+        job.filter(|j| j.kind == IMPORT_JOB_KIND)
+            .filter(|j| caller.is_admin() || j.project == caller.project_id)
             .ok_or_else(|| {
                 ServiceError::not_found(format!("Task with the given id {id} not found"))
             })
@@ -579,6 +588,9 @@ struct ImportHandler {
     identity: Arc<IdentityService>,
     policy: UrlPolicy,
     catalog: Catalog,
+    /// Glance's `image_conversion` step, when configured.
+    convert_to: Option<ConvertTarget>,
+    conversion: Arc<ConversionService>,
 }
 
 /// What an import job was asked to do, read back from its payload.
@@ -644,30 +656,27 @@ impl ImportJob {
 }
 
 impl ImportHandler {
-    /// Streams the source into the image in `store` and publishes it.
+    /// Streams the source into the image in `store` (converted first when `convert_to` is
+    /// set) and publishes it.
     async fn ingest(&self, image: &Image, job: &ImportJob, store: &Store) -> ServiceResult<Image> {
-        match job.method {
+        // glance-download takes the source's formats and properties before the data.
+        let mut updated: Option<Image> = None;
+        let stream: BlobStream = match job.method {
+            ImportMethod::GlanceDownload => {
+                let (image, stream) = self.glance_download(image, job).await?;
+                updated = Some(image);
+                stream
+            }
             ImportMethod::GlanceDirect => {
                 let key = staging_key(image.id);
-                let stream = self
-                    .images
+                self.images
                     .stores()
                     .staging()
                     .open(&key, None)
                     .await
                     .map_err(|e| {
                         ServiceError::new(ErrorKind::NotFound, format!("No staged data: {e}"))
-                    })?;
-                self.images
-                    .ingest(
-                        image,
-                        stream,
-                        None,
-                        ImageStatus::Importing,
-                        store,
-                        &Default::default(),
-                    )
-                    .await
+                    })?
             }
             ImportMethod::WebDownload => {
                 let uri = job
@@ -677,7 +686,23 @@ impl ImportHandler {
                 let response = open_url(&self.policy, uri)
                     .await
                     .map_err(|e| ServiceError::invalid(format!("fetching {uri}: {e}")))?;
-                let stream = response.bytes_stream().boxed();
+                response
+                    .bytes_stream()
+                    .map(|chunk| {
+                        chunk.map_err(|e| ims_blob::BlobError::Config(format!("download: {e}")))
+                    })
+                    .boxed()
+            }
+            ImportMethod::CopyImage => {
+                return Err(ServiceError::conflict(format!(
+                    "Image {} has no data to copy.",
+                    image.id
+                )));
+            }
+        };
+        let image = updated.as_ref().unwrap_or(image);
+        match self.convert_to {
+            None => {
                 self.images
                     .ingest(
                         image,
@@ -689,22 +714,17 @@ impl ImportHandler {
                     )
                     .await
             }
-            ImportMethod::GlanceDownload => self.glance_download(image, job, store).await,
-            ImportMethod::CopyImage => Err(ServiceError::conflict(format!(
-                "Image {} has no data to copy.",
-                image.id
-            ))),
+            Some(target) => self.convert_and_ingest(image, stream, target, store).await,
         }
     }
 
     /// Reads the source image's record and data from the catalog's image endpoint as the user
-    /// who asked; takes its formats and the properties Glance copies, then ingests the data.
+    /// who asked; takes its formats and the properties Glance copies; returns the updated image and the data.
     async fn glance_download(
         &self,
         image: &Image,
         job: &ImportJob,
-        store: &Store,
-    ) -> ServiceResult<Image> {
+    ) -> ServiceResult<(Image, BlobStream)> {
         let remote = job
             .remote
             .as_ref()
@@ -756,17 +776,11 @@ impl ImportHandler {
         let response = open_url_with_token(&policy, &file, &token)
             .await
             .map_err(fetch_error)?;
-        let stream = response.bytes_stream().boxed();
-        self.images
-            .ingest(
-                &image,
-                stream,
-                None,
-                ImageStatus::Importing,
-                store,
-                &Default::default(),
-            )
-            .await
+        let stream = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|e| ims_blob::BlobError::Config(format!("download: {e}"))))
+            .boxed();
+        Ok((image, stream))
     }
 
     /// The import URL policy plus the catalog endpoint's own address.
@@ -782,6 +796,91 @@ impl ImportHandler {
         policy.allowed_ports.push(port);
         policy.exempt_targets.extend(addrs);
         Ok(policy)
+    }
+
+    /// Glance's `image_conversion` import step: the data lands in a work file, must be the
+    /// declared `disk_format` with no references to other files, and is converted to `target`
+    /// (unless it already is); the image then carries `target` as its `disk_format` and the
+    /// size, checksum and hash of the converted data.
+    async fn convert_and_ingest(
+        &self,
+        image: &Image,
+        stream: BlobStream,
+        target: ConvertTarget,
+        store: &Store,
+    ) -> ServiceResult<Image> {
+        let declared = image.disk_format.as_deref().unwrap_or_default();
+        let declared_format = Format::parse(declared).ok_or_else(|| {
+            ServiceError::invalid(format!(
+                "Image disk_format {declared} cannot be converted to {}.",
+                target.as_str()
+            ))
+        })?;
+        let cap = self.images.limits.image_size_cap;
+        let source = self
+            .conversion
+            .download(&format!("image {}", image.id), stream, cap)
+            .await?;
+        let found = self
+            .conversion
+            .inspect(&source, Some(declared_format))
+            .await?;
+        let target_format = target.format();
+        if found.format == target_format {
+            let stream = source.stream().await?;
+            return self
+                .images
+                .ingest(
+                    image,
+                    stream,
+                    None,
+                    ImageStatus::Importing,
+                    store,
+                    &Default::default(),
+                )
+                .await;
+        }
+        let converted = self
+            .conversion
+            .convert(&source, found.format, target_format)
+            .await?;
+        drop(source);
+        let id = image.id;
+        let image = self
+            .images
+            .mutate(id, |img| {
+                img.disk_format = Some(target.as_str().to_string());
+                Ok(())
+            })
+            .await?;
+        tracing::info!(image_id = %id, from = %found.format, to = target.as_str(), "converted on import");
+        let stream = converted.file.stream().await?;
+        let ingested = self
+            .images
+            .ingest(
+                &image,
+                stream,
+                Some(converted.size),
+                ImageStatus::Importing,
+                store,
+                &Default::default(),
+            )
+            .await;
+        if ingested.is_err() {
+            // The user's declaration stands for the next attempt.
+            let declared = declared.to_string();
+            let restored = self
+                .images
+                .mutate(id, |img| {
+                    img.disk_format = Some(declared.clone());
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = restored {
+                tracing::warn!(image_id = %id, error = %e, "restoring the declared disk_format");
+            }
+        }
+        ingested
     }
 
     /// Brings new data into the first target store (publishing the image) if the image has

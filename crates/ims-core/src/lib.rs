@@ -4,8 +4,11 @@
 
 pub mod access_keys;
 pub mod app;
+pub mod bucketjobs;
 pub mod cloudimages;
+pub mod cloudjobs;
 pub mod config;
+pub mod conversion;
 pub mod cross_region;
 pub mod error;
 pub mod fetch;

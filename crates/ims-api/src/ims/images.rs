@@ -1,19 +1,19 @@
 //! IMS image operations: list (every IMS filter), update, the creating jobs (file, quick import,
 //! data disk, ISO, whole image, register), copies and export.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use ims_core::ServiceError;
-use ims_core::cloudimages::{
-    ALL_ENTERPRISE_PROJECTS, CloudImageService, DATA_DISK_GB, DEFAULT_ENTERPRISE_PROJECT,
-    ENTERPRISE_PROJECT_PROPERTY, ImsImageSpec, KvTag, QUICK_IMPORT_DISK_GB, SYSTEM_DISK_GB,
-    check_description, check_disk_gb, check_enterprise_project, check_name, enterprise_project,
-    is_service_property, object_storage_unavailable,
+use ims_core::bucketjobs::{
+    BucketObject, ExportParams, ImportParams, check_exportable, export_format,
 };
+use ims_core::cloudimages::{
+    ALL_ENTERPRISE_PROJECTS, DATA_DISK_GB, DEFAULT_ENTERPRISE_PROJECT, ENTERPRISE_PROJECT_PROPERTY,
+    ImsImageSpec, KvTag, QUICK_IMPORT_DISK_GB, SYSTEM_DISK_GB, check_description, check_disk_gb,
+    check_enterprise_project, check_name, enterprise_project, is_service_property,
+};
+use ims_core::cloudjobs::{ImsJob, ImsJobKind};
 use ims_core::cross_region::CrossRegionRequest;
 use ims_core::patch::{AttrValue, PatchDialect};
 use ims_domain::flavor::{FlavorNeeds, flavor_needs};
@@ -35,8 +35,6 @@ const IMS_DEFAULT_LIMIT: usize = 500;
 const IMPORT_FORMATS: &[&str] = &[
     "zvhd", "qcow2", "vhd", "raw", "vhdx", "qed", "vdi", "qcow", "zvhd2", "vmdk", "iso",
 ];
-/// Formats `export_image` writes (seed table 5-5).
-const EXPORT_FORMATS: &[&str] = &["qcow2", "vhd", "zvhd", "vmdk", "zvhd2"];
 
 pub async fn list_images(
     State(state): State<SharedState>,
@@ -417,16 +415,6 @@ fn no_server(id: &str) -> super::ImsError {
     invalid(format!("The ECS {id} does not exist."))
 }
 
-/// `"bucket:object"` → (bucket, object).
-fn parse_bucket_url(url: &str) -> ImsResult<(String, String)> {
-    match url.split_once(':') {
-        Some((b, o)) if !b.is_empty() && !o.is_empty() => Ok((b.to_string(), o.to_string())),
-        _ => Err(invalid(format!(
-            "'{url}' is not of the form bucket:object."
-        ))),
-    }
-}
-
 fn virtual_env_type(kind: Option<&str>) -> ImsResult<&'static str> {
     Ok(match kind.unwrap_or("ECS") {
         "ECS" | "FusionCompute" => "FusionCompute",
@@ -437,36 +425,39 @@ fn virtual_env_type(kind: Option<&str>) -> ImsResult<&'static str> {
     })
 }
 
-/// Reads an object from a bucket into a new image. Object storage (S3 buckets) arrives with
-/// `ims-blob`'s bucket layer; until a deployment configures it the job fails with this reason.
-async fn import_from_bucket(
-    cloud: Arc<CloudImageService>,
-    caller: Caller,
-    image_id: uuid::Uuid,
-    bucket: String,
-    object: String,
-) -> Result<Value, ServiceError> {
-    let failure = object_storage_unavailable(&format!("read {bucket}:{object}"));
-    // A failed import leaves no image behind (IMS deletes the half-made record).
-    if let Err(e) = cloud.images().delete(&caller, image_id).await {
-        tracing::warn!(image_id = %image_id, error = %e.message, "removing a failed import's image");
-    }
-    Err(failure)
+/// How a creating call imports its file.
+#[derive(Clone, Copy)]
+struct ImportKind {
+    job_type: &'static str,
+    quick: bool,
+    data_disk: bool,
 }
 
+/// Creates the queued image and submits the job that reads `image_url` into it.
 async fn start_import(
     state: &SharedState,
     caller: &Caller,
     spec: ImsImageSpec,
     image_url: &str,
-    job_type: &str,
+    how: ImportKind,
 ) -> ImsResult<Response> {
-    let (bucket, object) = parse_bucket_url(image_url)?;
-    let cloud = state.app.cloud_images.clone();
+    let source = BucketObject::parse(image_url)?;
+    let cloud = &state.app.cloud_images;
     let image = cloud.create_image(caller, &spec).await?;
-    let entities = json!({"image_id": image.id.to_string(), "image_name": spec.name});
-    let work = import_from_bucket(cloud.clone(), caller.clone(), image.id, bucket, object);
-    let job = cloud.start_job(caller, job_type, entities, work).await?;
+    let params = ImportParams {
+        source,
+        quick: how.quick,
+        data_disk: how.data_disk,
+        owns_image: true,
+    };
+    let job = ImsJob {
+        kind: ImsJobKind::ImportFromBucket,
+        job_type: how.job_type,
+        entities: json!({"image_id": image.id.to_string(), "image_name": spec.name}),
+        params: params.to_json(),
+        image_id: Some(image.id),
+    };
+    let job = cloud.submit_job(caller, job).await?;
     Ok(job_created(job))
 }
 
@@ -531,7 +522,12 @@ pub async fn create_image(
         original_image: None,
         enterprise_project_id: body.enterprise_project()?,
     };
-    start_import(&state, &caller, spec, image_url, "imsImportImageJob").await
+    let how = ImportKind {
+        job_type: "imsImportImageJob",
+        quick: false,
+        data_disk: false,
+    };
+    start_import(&state, &caller, spec, image_url, how).await
 }
 
 pub async fn import_quick(
@@ -576,7 +572,12 @@ pub async fn import_quick(
         enterprise_project_id: body.enterprise_project()?,
     };
     let _ = body.os_type;
-    start_import(&state, &caller, spec, &image_url, "imsImportImageJob").await
+    let how = ImportKind {
+        job_type: "imsImportImageJob",
+        quick: true,
+        data_disk: false,
+    };
+    start_import(&state, &caller, spec, &image_url, how).await
 }
 
 pub async fn create_data_image(
@@ -621,7 +622,12 @@ pub async fn create_data_image(
         enterprise_project_id: body.enterprise_project()?,
         ..Default::default()
     };
-    start_import(&state, &caller, spec, &image_url, "imsImportDataImageJob").await
+    let how = ImportKind {
+        job_type: "imsImportDataImageJob",
+        quick: false,
+        data_disk: true,
+    };
+    start_import(&state, &caller, spec, &image_url, how).await
 }
 
 #[derive(Deserialize)]
@@ -666,14 +672,19 @@ pub async fn register_image(
 ) -> ImsResult<Response> {
     let id = parse_image_id(&image_id)?;
     let body: RegisterBody = parse_body(&body)?;
-    let (bucket, object) = parse_bucket_url(&body.image_url)?;
-    let extension = object.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
-    if object.contains('.') && !IMPORT_FORMATS.contains(&extension.as_str()) {
+    let source = BucketObject::parse(&body.image_url)?;
+    let extension = source
+        .object
+        .rsplit('.')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if source.object.contains('.') && !IMPORT_FORMATS.contains(&extension.as_str()) {
         return Err(invalid(format!(
             "The file format {extension} cannot be registered."
         )));
     }
-    let cloud = state.app.cloud_images.clone();
+    let cloud = &state.app.cloud_images;
     let image = cloud.owned_image(&caller, id).await?;
     if image.status != ImageStatus::Queued {
         return Err(invalid(
@@ -681,15 +692,21 @@ pub async fn register_image(
         ));
     }
     let name = image.name.clone().unwrap_or_default();
-    let entities = json!({"image_id": id.to_string(), "image_name": name});
-    let work = async move {
-        Err::<Value, _>(object_storage_unavailable(&format!(
-            "read {bucket}:{object}"
-        )))
+    let params = ImportParams {
+        source,
+        quick: false,
+        data_disk: image.properties.get("virtual_env_type").map(String::as_str)
+            == Some("DataImage"),
+        owns_image: false,
     };
-    let job = cloud
-        .start_job(&caller, "imsNativeImportImageJob", entities, work)
-        .await?;
+    let job = ImsJob {
+        kind: ImsJobKind::ImportFromBucket,
+        job_type: "imsNativeImportImageJob",
+        entities: json!({"image_id": id.to_string(), "image_name": name}),
+        params: params.to_json(),
+        image_id: Some(id),
+    };
+    let job = cloud.submit_job(&caller, job).await?;
     Ok(job_created(job))
 }
 
@@ -726,26 +743,19 @@ pub async fn copy_in_region(
         return Err(invalid("Only active images can be copied."));
     }
     cloud.check_quota(&caller).await?;
-    let entities = json!({"image_name": body.name});
-    let work = {
-        let cloud = cloud.clone();
-        let caller = caller.clone();
-        async move {
-            let copy = cloud
-                .copy_in_region(
-                    &caller,
-                    id,
-                    &body.name,
-                    body.description.as_deref(),
-                    body.enterprise_project_id.as_deref(),
-                )
-                .await?;
-            Ok(json!({"image_id": copy.id.to_string()}))
-        }
+    let job = ImsJob {
+        kind: ImsJobKind::CopyInRegion,
+        job_type: "imsCopyImageInRegionJob",
+        entities: json!({"image_name": body.name}),
+        params: json!({
+            "source_id": id.to_string(),
+            "name": body.name,
+            "description": body.description,
+            "enterprise_project_id": body.enterprise_project_id,
+        }),
+        image_id: None,
     };
-    let job = cloud
-        .start_job(&caller, "imsCopyImageInRegionJob", entities, work)
-        .await?;
+    let job = cloud.submit_job(&caller, job).await?;
     Ok(job_created(job))
 }
 
@@ -814,36 +824,31 @@ pub async fn export_image(
 ) -> ImsResult<Response> {
     let id = parse_image_id(&image_id)?;
     let body: ExportBody = parse_body(&body)?;
-    let (bucket, object) = parse_bucket_url(&body.bucket_url)?;
+    let target = BucketObject::parse(&body.bucket_url)?;
     let format = match (body.is_quick_export, body.file_format.as_deref()) {
         (Some(true), Some(_)) => {
             return Err(invalid("A quick export cannot name a file_format."));
         }
-        (Some(true), None) => "raw".to_string(),
-        (_, Some(f)) if EXPORT_FORMATS.contains(&f) => f.to_string(),
-        (_, Some(f)) => return Err(invalid(format!("The file format {f} cannot be exported."))),
+        (Some(true), None) => None,
+        (_, Some(f)) => Some(export_format(f)?),
         (_, None) => return Err(invalid("file_format is required.")),
     };
-    let cloud = state.app.cloud_images.clone();
+    let cloud = &state.app.cloud_images;
     let image = cloud.owned_image(&caller, id).await?;
-    if image.status != ImageStatus::Active {
-        return Err(invalid("Only active images can be exported."));
-    }
-    if image.properties.contains_key("__system__cmkid") {
-        return Err(invalid("Encrypted images cannot be exported."));
-    }
-    if image.properties.get("__imagetype").map(String::as_str) == Some("market") {
-        return Err(invalid("Market images cannot be exported."));
-    }
+    check_exportable(&image, format.is_none())?;
     let name = image.name.clone().unwrap_or_default();
-    let entities = json!({"image_id": id.to_string(), "image_name": name});
-    let work = async move {
-        Err::<Value, _>(object_storage_unavailable(&format!(
-            "write {bucket}:{object} as {format}"
-        )))
+    let params = ExportParams {
+        image_id: id,
+        target,
+        format,
     };
-    let job = cloud
-        .start_job(&caller, "imsNativeExportImageJob", entities, work)
-        .await?;
+    let job = ImsJob {
+        kind: ImsJobKind::ExportToBucket,
+        job_type: "imsNativeExportImageJob",
+        entities: json!({"image_id": id.to_string(), "image_name": name}),
+        params: params.to_json(),
+        image_id: Some(id),
+    };
+    let job = cloud.submit_job(&caller, job).await?;
     Ok(job_created(job))
 }

@@ -3,14 +3,14 @@
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use ims_core::cloudimages::JobView;
+use ims_core::cloudjobs::JobView;
 use ims_domain::os_catalog;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use super::{ImsCaller, ImsResult, check_project, invalid};
 use crate::SharedState;
-use crate::error::{ims_status_and_code, kind_named};
+use crate::error::ims_status_and_code;
 
 /// Job times as IMS writes them: UTC with milliseconds, `2024-11-06T06:19:43.195Z`.
 fn job_time(t: time::OffsetDateTime) -> String {
@@ -20,37 +20,48 @@ fn job_time(t: time::OffsetDateTime) -> String {
     millis.format(&Rfc3339).unwrap_or_default()
 }
 
+fn sub_job_json(view: &JobView) -> Value {
+    json!({
+        "status": view.status.as_str(),
+        "job_id": view.id,
+        "job_type": view.job_type,
+        "begin_time": job_time(view.begin_time),
+        "end_time": view.end_time.map(job_time).unwrap_or_default(),
+        "error_code": view.error_kind.map(|k| ims_status_and_code(k).1),
+        "fail_reason": view.fail_reason,
+        "entities": {
+            "image_id": view.entities.get("image_id"),
+            "image_name": view.entities.get("image_name"),
+        },
+    })
+}
+
 /// The common fields; `progress` switches to `show_job_progress`' entity spelling.
 fn job_json(view: &JobView, progress: bool) -> Value {
-    let r = &view.record;
-    let error_code = r
-        .error_code
-        .as_deref()
-        .map(|kind| ims_status_and_code(kind_named(kind)).1);
+    let error_code = view.error_kind.map(|kind| ims_status_and_code(kind).1);
     let mut entities = view.entities.clone();
     if let Some(map) = entities.as_object_mut() {
-        let percent = match r.status.as_str() {
-            "SUCCESS" => 100.0,
-            _ => 0.0,
-        };
-        map.insert("process_percent".into(), json!(percent));
+        map.insert("process_percent".into(), json!(view.percent));
         if progress {
-            map.entry("subJobId").or_insert(Value::Null);
+            let sub = view.sub_jobs.first().map(|s| s.id.clone());
+            map.entry("subJobId").or_insert(sub.into());
         } else if let Some(code) = error_code {
             map.insert("error_code".into(), code.into());
-            map.insert("error".into(), r.fail_reason.clone().into());
+            map.insert("error".into(), view.fail_reason.clone().into());
         }
-        map.entry("sub_jobs_result").or_insert(json!([]));
-        map.entry("sub_jobs_list").or_insert(json!([]));
+        let results: Vec<Value> = view.sub_jobs.iter().map(sub_job_json).collect();
+        let ids: Vec<&str> = view.sub_jobs.iter().map(|s| s.id.as_str()).collect();
+        map.insert("sub_jobs_result".into(), json!(results));
+        map.insert("sub_jobs_list".into(), json!(ids));
     }
     json!({
-        "status": r.status,
-        "job_id": r.id,
-        "job_type": r.job_type,
-        "begin_time": job_time(r.begin_time),
-        "end_time": r.end_time.map(job_time).unwrap_or_default(),
+        "status": view.status.as_str(),
+        "job_id": view.id,
+        "job_type": view.job_type,
+        "begin_time": job_time(view.begin_time),
+        "end_time": view.end_time.map(job_time).unwrap_or_default(),
         "error_code": error_code,
-        "fail_reason": r.fail_reason,
+        "fail_reason": view.fail_reason,
         "entities": entities,
     })
 }

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ims_core::cloudimages::{KvTag, MAX_BATCH_IMAGES, MAX_SHARE_PROJECTS, kv_tags};
+use ims_core::cloudjobs::{ImsJob, ImsJobKind};
 use ims_domain::query::{MAX_LIST_LIMIT, MatchField};
 use ims_domain::{Caller, Image, ImageListQuery, ListScope, Member, MemberStatus};
 use serde::Deserialize;
@@ -69,22 +70,19 @@ pub async fn batch_add_members(
         let image = state.app.cloud_images.owned_image(&caller, *id).await?;
         ims_core::cloudimages::check_shareable(&image)?;
     }
-    let cloud = state.app.cloud_images.clone();
-    let work = {
-        let cloud = cloud.clone();
-        let caller = caller.clone();
-        async move {
-            let mut results = Vec::new();
-            for id in images {
-                results.extend(cloud.add_members(&caller, id, &body.projects).await?);
-            }
-            Ok(json!({ "results": results }))
-        }
+    let job = ImsJob {
+        kind: ImsJobKind::AddMembers,
+        job_type: "imsAddImageMembersJob",
+        entities: json!({}),
+        params: json!({"images": id_strings(&images), "projects": body.projects}),
+        image_id: None,
     };
-    let job = cloud
-        .start_job(&caller, "imsAddImageMembersJob", json!({}), work)
-        .await?;
+    let job = state.app.cloud_images.submit_job(&caller, job).await?;
     Ok(job_created(job))
+}
+
+fn id_strings(images: &[uuid::Uuid]) -> Vec<String> {
+    images.iter().map(uuid::Uuid::to_string).collect()
 }
 
 pub async fn batch_delete_members(
@@ -97,21 +95,14 @@ pub async fn batch_delete_members(
     for id in &images {
         state.app.cloud_images.owned_image(&caller, *id).await?;
     }
-    let cloud = state.app.cloud_images.clone();
-    let work = {
-        let cloud = cloud.clone();
-        let caller = caller.clone();
-        async move {
-            let mut results = Vec::new();
-            for id in images {
-                results.extend(cloud.delete_members(&caller, id, &body.projects).await?);
-            }
-            Ok(json!({ "results": results }))
-        }
+    let job = ImsJob {
+        kind: ImsJobKind::DeleteMembers,
+        job_type: "imsDelImageMembersJob",
+        entities: json!({}),
+        params: json!({"images": id_strings(&images), "projects": body.projects}),
+        image_id: None,
     };
-    let job = cloud
-        .start_job(&caller, "imsDelImageMembersJob", json!({}), work)
-        .await?;
+    let job = state.app.cloud_images.submit_job(&caller, job).await?;
     Ok(job_created(job))
 }
 
@@ -128,25 +119,18 @@ pub async fn batch_update_members(
         other => return Err(invalid(format!("Member status {other} is invalid."))),
     };
     check_project(&caller, &body.project_id)?;
-    let cloud = state.app.cloud_images.clone();
-    let work = {
-        let cloud = cloud.clone();
-        let caller = caller.clone();
-        async move {
-            let mut results = Vec::new();
-            for id in images {
-                results.push(
-                    cloud
-                        .answer_member(&caller, id, &body.project_id, status)
-                        .await?,
-                );
-            }
-            Ok(json!({ "results": results }))
-        }
+    let job = ImsJob {
+        kind: ImsJobKind::UpdateMembers,
+        job_type: "imsUpdateImageMembersJob",
+        entities: json!({}),
+        params: json!({
+            "images": id_strings(&images),
+            "project_id": body.project_id,
+            "status": status.as_str(),
+        }),
+        image_id: None,
     };
-    let job = cloud
-        .start_job(&caller, "imsUpdateImageMembersJob", json!({}), work)
-        .await?;
+    let job = state.app.cloud_images.submit_job(&caller, job).await?;
     Ok(job_created(job))
 }
 
