@@ -130,13 +130,15 @@ run_stage() {
 }
 
 stop_server() {
-  [[ -f $STATE/server.pid ]] || return 0
-  local pid
-  pid=$(<"$STATE/server.pid")
-  rm -f "$STATE/server.pid"
-  kill "$pid" 2>/dev/null || return 0
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-  kill -9 "$pid" 2>/dev/null || true
+  local f pid
+  for f in "$STATE"/server.pid "$STATE"/server2.pid; do
+    [[ -f $f ]] || continue
+    pid=$(<"$f")
+    rm -f "$f"
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
 }
 
 stop_file_server() {
@@ -342,19 +344,51 @@ stage_venv() {
 
 ims_admin() { "$IMS_BIN" admin --data-dir "$WORK/data" "$@" >>"$LOGS/admin.log" 2>&1 || { tail -5 "$LOGS/admin.log"; return 1; }; }
 
-stage_server() {
-  local port url admin_pw="admin-$RANDOM$RANDOM" pw="secret-$RANDOM$RANDOM" pid
-  rm -rf "$WORK/data" "$WORK/accounts"
-  mkdir -p "$WORK/data"
-  port=$(free_port)
+# Starts one `ims serve` node: start_node NAME DATA_DIR [VAR=value…] (extra environment). Its
+# output goes to $LOGS/NAME.out and NAME.log, its pid to $STATE/NAME.pid; sets NODE_URL. The port
+# is NODE_PORT if set, else a free one.
+start_node() {
+  local name=$1 data=$2 port=${NODE_PORT:-} url pid ready=""
+  shift 2
+  [[ -n $port ]] || port=$(free_port)
   url="http://127.0.0.1:$port"
+  env IMS_IMPORT_METHODS="glance-direct,web-download,copy-image,glance-download" \
+    IMS_IMPORT_ALLOWED_PORTS="80,443,$FILES_PORT" IMS_IMPORT_EXEMPT_TARGETS="127.0.0.1:$FILES_PORT" \
+    IMS_CACHE_ENABLED=true "$@" \
+    "$IMS_BIN" serve --config "$WORK/ims.toml" --data-dir "$data" --listen "127.0.0.1:$port" \
+    >"$LOGS/$name.out" 2>"$LOGS/$name.log" </dev/null &
+  pid=$!
+  printf '%s' "$pid" >"$STATE/$name.pid"
+  log "ims serve ($name) pid $pid on $url (log: $LOGS/$name.log)"
+  for _ in $(seq 300); do
+    kill -0 "$pid" 2>/dev/null || { echo "ims serve ($name) exited:" >&2; tail -30 "$LOGS/$name.log" >&2; return 1; }
+    if grep -q "ims listening on $url" "$LOGS/$name.out" 2>/dev/null &&
+      [[ $(curl -s -o /dev/null -w '%{http_code}' "$url/healthcheck") == 200 ]]; then
+      ready=1; break
+    fi
+    sleep 0.2
+  done
+  [[ -n $ready ]] || { echo "ims serve ($name) not ready after 60 s" >&2; tail -30 "$LOGS/$name.log" >&2; return 1; }
+  log "ready: $(grep -m1 "ims listening on" "$LOGS/$name.out")"
+  NODE_URL=$url
+}
+
+# Two nodes sharing one metadata database (the first node's SQLite file, in WAL mode, which
+# both processes open) and one image store, each with its own data dir and image cache; the
+# second is tempest's alternate_image_endpoint.
+stage_server() {
+  local url url2 admin_pw="admin-$RANDOM$RANDOM" pw="secret-$RANDOM$RANDOM"
+  rm -rf "$WORK/data" "$WORK/data2" "$WORK/accounts"
+  mkdir -p "$WORK/data" "$WORK/data2"
   start_file_server
   # Two local stores of different weights (Glance's enabled_backends fs:file,fs2:file): tempest's
-  # multi-store, copy-image and store-weight tests need at least two writable stores.
-  cat >"$WORK/ims.toml" <<'TOML'
+  # multi-store, copy-image and store-weight tests need at least two writable stores. Both nodes
+  # use the same store directories (the default store also holds staged data).
+  cat >"$WORK/ims.toml" <<TOML
 [[stores]]
 id = "fs"
 kind = "local"
+path = "$WORK/data/stores/fs"
 description = "primary"
 weight = 100
 default = true
@@ -362,27 +396,21 @@ default = true
 [[stores]]
 id = "fs2"
 kind = "local"
+path = "$WORK/data/stores/fs2"
 description = "secondary"
 weight = 50
 TOML
-  IMS_IMPORT_METHODS="glance-direct,web-download,copy-image,glance-download" \
-  IMS_IMPORT_ALLOWED_PORTS="80,443,$FILES_PORT" IMS_IMPORT_EXEMPT_TARGETS="127.0.0.1:$FILES_PORT" \
-  IMS_ADMIN_PASSWORD="$admin_pw" "$IMS_BIN" serve --config "$WORK/ims.toml" --data-dir "$WORK/data" --listen "127.0.0.1:$port" \
-    >"$LOGS/server.out" 2>"$LOGS/server.log" </dev/null &
-  pid=$!
-  printf '%s' "$pid" >"$STATE/server.pid"
-  log "ims serve pid $pid on $url (log: $LOGS/server.log)"
-  local ready=""
-  for _ in $(seq 300); do
-    kill -0 "$pid" 2>/dev/null || { echo "ims serve exited:" >&2; tail -30 "$LOGS/server.log" >&2; return 1; }
-    if grep -q "ims listening on $url" "$LOGS/server.out" 2>/dev/null &&
-      [[ $(curl -s -o /dev/null -w '%{http_code}' "$url/healthcheck") == 200 ]]; then
-      ready=1; break
-    fi
-    sleep 0.2
-  done
-  [[ -n $ready ]] || { echo "ims serve not ready after 60 s" >&2; tail -30 "$LOGS/server.log" >&2; return 1; }
-  log "ready: $(grep -m1 "ims listening on" "$LOGS/server.out")"
+  # The second node waits for the first (which creates and migrates the database); the
+  # first node's catalog names the second as `image_remote` through the port chosen up front.
+  local port2
+  port2=$(free_port)
+  start_node server "$WORK/data" IMS_ADMIN_PASSWORD="$admin_pw" \
+    IMS_EXTRA_CATALOG="image_remote=http://127.0.0.1:$port2"
+  url=$NODE_URL
+  NODE_PORT=$port2 start_node server2 "$WORK/data2" IMS_ADMIN_PASSWORD="$admin_pw" \
+    IMS_DATABASE_URL="sqlite://$WORK/data/ims.sqlite" \
+    IMS_ACCESS_KEY_SEAL_FILE="$WORK/data/access-keys.seal"
+  url2=$NODE_URL
 
   # Tempest's accounts (one set per worker) plus one project member for the client tests.
   python3 "$ROOT/tests/tempest/gen_config.py" accounts --sets "$CONCURRENCY" --password "$pw" --out-dir "$WORK/accounts"
@@ -398,6 +426,7 @@ TOML
   log "created $(grep -c '^user' "$WORK/accounts/accounts.tsv") users (accounts: $WORK/accounts)"
 
   export_state IMS_URL "$url"
+  export_state IMS_URL2 "$url2"
   export_state IMS_DATA_DIR "$WORK/data"
   export_state IMS_ADMIN_PASSWORD "$admin_pw"
   export_state OS_AUTH_URL "$url/identity/v3"
@@ -427,7 +456,7 @@ stage_tempest() {
     { cat "$LOGS/tempest-init.log"; return 1; }
   cp "$WORK/accounts/accounts.yaml" "$ws/etc/accounts.yaml"
   log "feature profile:"
-  IMS_TEMPEST_SET="image.http_image=$IMS_FILES_URL/image.raw;image.http_qcow2_image=$IMS_FILES_URL/image.qcow2${IMS_TEMPEST_SET:+;$IMS_TEMPEST_SET}" \
+  IMS_TEMPEST_SET="image.http_image=$IMS_FILES_URL/image.raw;image.http_qcow2_image=$IMS_FILES_URL/image.qcow2;image.alternate_image_endpoint=image_remote${IMS_TEMPEST_SET:+;$IMS_TEMPEST_SET}" \
   python3 "$ROOT/tests/tempest/gen_config.py" conf --uri-v3 "$IMS_URL/identity/v3" \
     --accounts "$ws/etc/accounts.yaml" --out "$ws/etc/tempest.conf"
   cd "$ws"

@@ -66,9 +66,9 @@ def load_must_pass(path, conf):
                 continue
             parts = line.split()
             cls = parts[0]
-            if len(parts) == 3 and parts[1] == "unless":
-                if flag_is_true(conf, parts[2]):
-                    excused.append((cls, parts[2]))
+            if len(parts) == 3 and parts[1] in ("unless", "if"):
+                if flag_is_true(conf, parts[2]) == (parts[1] == "unless"):
+                    excused.append((cls, f"{parts[1]} {parts[2]}"))
                     continue
             elif len(parts) != 1:
                 sys.exit(f"check_results: bad must-pass line {line!r}")
@@ -117,8 +117,8 @@ def main():
         for name, status in sorted(tests.items()):
             if status != "success":
                 problems.append(f"{name}: {status} (must pass)")
-    for cls, flag in excused:
-        print(f"\nnote: {cls} not required to pass because {flag} = true (it skips)")
+    for cls, why in excused:
+        print(f"\nnote: {cls} not required to pass ({why}; it skips)")
     if problems:
         print("\nRequired classes that did not fully pass:")
         for p in problems:

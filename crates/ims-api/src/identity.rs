@@ -140,7 +140,12 @@ fn keystone_time(micros: i64) -> String {
     )
 }
 
-fn token_body(claims: &TokenClaims, public_url: &str, region: &str) -> Value {
+fn token_body(
+    claims: &TokenClaims,
+    public_url: &str,
+    region: &str,
+    extra: &[ims_core::config::CatalogService],
+) -> Value {
     let domain = json!({"id": DEFAULT_DOMAIN_ID, "name": DEFAULT_DOMAIN_NAME});
     let roles: Vec<Value> = claims
         .roles
@@ -160,12 +165,20 @@ fn token_body(claims: &TokenClaims, public_url: &str, region: &str) -> Value {
     if let (Some(pid), Some(pname)) = (&claims.project_id, &claims.project_name) {
         token["project"] = json!({"id": pid, "name": pname, "domain": domain});
         token["roles"] = Value::Array(roles);
-        token["catalog"] = json!([
-            {"type": "identity", "name": "keystone", "id": "ims-identity",
-             "endpoints": [endpoint("ims-identity-public", format!("{public_url}/identity/v3"))]},
-            {"type": "image", "name": "glance", "id": "ims-image",
-             "endpoints": [endpoint("ims-image-public", public_url.to_string())]},
-        ]);
+        let mut catalog = vec![
+            json!({"type": "identity", "name": "keystone", "id": "ims-identity",
+             "endpoints": [endpoint("ims-identity-public", format!("{public_url}/identity/v3"))]}),
+            json!({"type": "image", "name": "glance", "id": "ims-image",
+             "endpoints": [endpoint("ims-image-public", public_url.to_string())]}),
+        ];
+        for service in extra {
+            let id = format!("ims-{}", service.service_type);
+            catalog.push(
+                json!({"type": service.service_type, "name": service.service_type, "id": id,
+                "endpoints": [endpoint(&format!("{id}-public"), service.url.clone())]}),
+            );
+        }
+        token["catalog"] = Value::Array(catalog);
     }
     json!({"token": token})
 }
@@ -182,6 +195,7 @@ fn token_response(
             claims,
             &state.public_url,
             &state.app.config.region.name,
+            &state.app.config.extra_catalog,
         ))
         .into_response()
     } else {

@@ -5,6 +5,7 @@
 
 mod access_keys;
 mod body;
+mod cache;
 mod error;
 mod identity;
 mod images;
@@ -88,6 +89,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/info/stores/detail", get(versions::info_stores_detail))
         .route("/stores/{store}/{id}", delete(images::delete_from_store))
         .route("/info/usage", get(images::usage))
+        .route("/cache", get(cache::list).delete(cache::clear))
+        .route("/cache/{id}", put(cache::queue).delete(cache::delete))
         .nest("/metadefs", metadefs::router());
     let v2 = ims::v2_routes(v2).fallback(versions::v2_not_found);
     Router::new()

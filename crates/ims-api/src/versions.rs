@@ -13,10 +13,11 @@ use crate::SharedState;
 use crate::error::{ApiError, ApiResult};
 use crate::middleware::Authed;
 
-/// API versions this server implements, newest first; the first is CURRENT.
+/// API versions this server implements, newest first; the first is CURRENT. `2.14` (the cache
+/// API) is advertised only by a node whose cache is enabled.
 const VERSIONS: &[&str] = &[
-    "2.15", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5", "2.4", "2.3", "2.2",
-    "2.1", "2.0",
+    "2.15", "2.14", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5", "2.4",
+    "2.3", "2.2", "2.1", "2.0",
 ];
 
 static SCHEMAS: LazyLock<Value> = LazyLock::new(|| {
@@ -24,9 +25,10 @@ static SCHEMAS: LazyLock<Value> = LazyLock::new(|| {
         .expect("embedded schemas are JSON")
 });
 
-fn versions_doc(public_url: &str) -> Value {
+fn versions_doc(public_url: &str, cache_enabled: bool) -> Value {
     let values: Vec<Value> = VERSIONS
         .iter()
+        .filter(|v| cache_enabled || **v != "2.14")
         .enumerate()
         .map(|(i, v)| {
             json!({
@@ -43,14 +45,14 @@ fn versions_doc(public_url: &str) -> Value {
 pub async fn root(State(state): State<SharedState>) -> Response {
     (
         StatusCode::MULTIPLE_CHOICES,
-        Json(versions_doc(&state.public_url)),
+        Json(versions_doc(&state.public_url, state.app.cache.is_some())),
     )
         .into_response()
 }
 
 /// `GET /versions`: the same document with 200 (glanceclient expects it).
 pub async fn versions(State(state): State<SharedState>) -> Response {
-    Json(versions_doc(&state.public_url)).into_response()
+    Json(versions_doc(&state.public_url, state.app.cache.is_some())).into_response()
 }
 
 /// Any path outside the known APIs: the versions document, as Glance's version negotiation does.
@@ -189,8 +191,21 @@ mod tests {
 
     #[test]
     fn first_version_is_current() {
-        let doc = versions_doc("http://h");
+        let doc = versions_doc("http://h", false);
         assert_eq!(doc["versions"][0]["status"], "CURRENT");
         assert_eq!(doc["versions"][0]["links"][0]["href"], "http://h/v2/");
+        let ids = |doc: &Value| -> Vec<String> {
+            doc["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert!(
+            !ids(&doc).contains(&"v2.14".to_string()),
+            "no cache, no cache API"
+        );
+        assert!(ids(&versions_doc("http://h", true)).contains(&"v2.14".to_string()));
     }
 }

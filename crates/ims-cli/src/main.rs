@@ -213,6 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("(shown once; set IMS_ADMIN_PASSWORD to choose it)");
     }
     let workers = app.start_workers(&bound.to_string());
+    let prefetcher = app.start_prefetcher();
     let images = app.images.clone();
     tokio::spawn(async move {
         loop {
@@ -233,6 +234,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     workers.shutdown().await;
+    if let Some(prefetcher) = prefetcher {
+        prefetcher.abort();
+    }
     Ok(())
 }
 

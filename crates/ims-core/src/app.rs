@@ -11,6 +11,7 @@ use ims_meta::metadefs::MetadefStore;
 use ims_meta::sql::SqlStore;
 
 use crate::access_keys::{AccessKeyService, load_or_create_seal_key};
+use crate::cache::{CacheService, ImageCache};
 use crate::cloudimages::CloudImageService;
 use crate::cloudjobs::{ImsJobHandler, ImsJobKind};
 use crate::config::Config;
@@ -39,6 +40,8 @@ pub struct App {
     pub imports: Arc<ImportService>,
     /// Copies to peer regions (`[region]`).
     pub cross_region: Arc<CrossRegionService>,
+    /// This node's image cache, when `[cache] enabled`.
+    pub cache: Option<Arc<CacheService>>,
     waker: Waker,
 }
 
@@ -96,12 +99,26 @@ impl App {
             seal_key,
             config.ims.signature_max_skew_secs,
         ));
-        let images = Arc::new(ImageService::new(
+        let cache = if config.cache.enabled {
+            let dir = config.cache_dir();
+            let image_cache = ImageCache::open(&dir, config.cache.max_size).await?;
+            tracing::info!(dir = %dir.display(), max_size = config.cache.max_size, "image cache enabled");
+            Some(Arc::new(CacheService::new(
+                Arc::new(image_cache),
+                meta.clone(),
+                &config.cache,
+            )))
+        } else {
+            None
+        };
+        let mut image_service = ImageService::new(
             meta,
             Arc::new(stores),
             config.limits.clone(),
             config.gc.clone(),
-        ));
+        );
+        image_service.cache = cache.clone();
+        let images = Arc::new(image_service);
         let buckets = match &config.buckets {
             Some(connection) => Some(Arc::new(Buckets::new(connection.clone())?)),
             None => None,
@@ -151,6 +168,7 @@ impl App {
             cloud_images,
             imports,
             cross_region,
+            cache,
             waker,
         })
     }
@@ -177,6 +195,19 @@ impl App {
             runner.register(kind.as_str(), ims.clone());
         }
         runner.with_waker(self.waker.clone())
+    }
+
+    /// Starts this node's cache prefetcher, if the cache is enabled.
+    /// It runs at start, whenever an image is queued, and every `prefetch_interval_secs`.
+    pub fn start_prefetcher(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let cache = self.cache.clone()?;
+        let images = self.images.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                images.prefetch_queued().await;
+                cache.wait_for_queue().await;
+            }
+        }))
     }
 
     /// In-memory stores (one per `[[stores]]` entry); for tests.

@@ -22,6 +22,10 @@ pub struct Config {
     /// Env `IMS_REGION` (the name).
     #[serde(deserialize_with = "region_setting")]
     pub region: RegionConfig,
+    /// More services for the token catalog, e.g. another node of the same deployment as
+    /// `image_remote` (tempest's `alternate_image_endpoint`). Env `IMS_EXTRA_CATALOG`
+    /// (comma list of `type=url`).
+    pub extra_catalog: Vec<CatalogService>,
     /// Lifetime of issued tokens in seconds. Env `IMS_TOKEN_TTL_SECS`.
     pub token_ttl_secs: u64,
     /// The one store of a single-store node (`[store]`; default: a local directory). Not
@@ -40,6 +44,7 @@ pub struct Config {
     pub ims: ImsConfig,
     pub import: ImportConfig,
     pub conversion: ConversionConfig,
+    pub cache: CacheConfig,
 }
 
 /// Format conversion (IMS export, Glance's import conversion): where work files go.
@@ -92,6 +97,61 @@ impl ConvertTarget {
             ConvertTarget::Qcow2 => ims_diskfmt::Format::Qcow2,
             ConvertTarget::Vmdk => ims_diskfmt::Format::Vmdk,
             ConvertTarget::Vhd => ims_diskfmt::Format::Vhd,
+        }
+    }
+}
+
+/// A service the token catalog lists besides this node's identity and image endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogService {
+    /// The catalog's service type (`image_remote`).
+    #[serde(rename = "type")]
+    pub service_type: String,
+    /// The endpoint's public URL.
+    pub url: String,
+}
+
+impl CatalogService {
+    /// `type=url`, as `IMS_EXTRA_CATALOG` lists them.
+    fn parse(item: &str) -> Option<CatalogService> {
+        let (service_type, url) = item.split_once('=')?;
+        let (service_type, url) = (service_type.trim(), url.trim());
+        if service_type.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+            return None;
+        }
+        Some(CatalogService {
+            service_type: service_type.to_string(),
+            url: url.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// This node's image cache (`/v2/cache`): whole images on local disk, per node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Keep downloaded and queued images on this node's disk and serve the cache API.
+    /// Env `IMS_CACHE_ENABLED` (`true`/`false`).
+    pub enabled: bool,
+    /// Directory of this node's cache; must not be shared with another node.
+    /// Default `<data_dir>/cache`. Env `IMS_CACHE_DIR`.
+    pub dir: Option<PathBuf>,
+    /// Bytes the cache may hold; least recently used images are evicted beyond it (Glance's
+    /// `image_cache_max_size`). Env `IMS_CACHE_MAX_SIZE`.
+    pub max_size: u64,
+    /// Seconds between prefetcher passes over the queue (queueing an image also wakes it).
+    /// Env `IMS_CACHE_PREFETCH_INTERVAL_SECS`.
+    pub prefetch_interval_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: false,
+            dir: None,
+            max_size: 10 << 30,
+            prefetch_interval_secs: 300,
         }
     }
 }
@@ -409,6 +469,7 @@ impl Default for Config {
             data_dir: PathBuf::from("ims-data"),
             database_url: None,
             region: RegionConfig::default(),
+            extra_catalog: Vec::new(),
             token_ttl_secs: 3600,
             store: None,
             stores: Vec::new(),
@@ -418,6 +479,7 @@ impl Default for Config {
             ims: ImsConfig::default(),
             import: ImportConfig::default(),
             conversion: ConversionConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -546,6 +608,12 @@ impl Config {
             config.region.name = region;
         }
         env_parse(env, "IMS_TOKEN_TTL_SECS", &mut config.token_ttl_secs)?;
+        env_list(
+            env,
+            "IMS_EXTRA_CATALOG",
+            CatalogService::parse,
+            &mut config.extra_catalog,
+        )?;
         if let Some(path) = env("IMS_STORE_PATH") {
             config.store = Some(StoreConfig::Local {
                 path: Some(PathBuf::from(path)),
@@ -592,6 +660,16 @@ impl Config {
             env,
             "IMS_PRIVATE_IMAGE_QUOTA",
             &mut config.ims.private_image_quota,
+        )?;
+        env_parse(env, "IMS_CACHE_ENABLED", &mut config.cache.enabled)?;
+        if let Some(dir) = env("IMS_CACHE_DIR") {
+            config.cache.dir = Some(PathBuf::from(dir));
+        }
+        env_parse(env, "IMS_CACHE_MAX_SIZE", &mut config.cache.max_size)?;
+        env_parse(
+            env,
+            "IMS_CACHE_PREFETCH_INTERVAL_SECS",
+            &mut config.cache.prefetch_interval_secs,
         )?;
         let import = &mut config.import;
         env_list(
@@ -674,6 +752,14 @@ impl Config {
 
     /// The local store's directory (`<data_dir>/store` unless configured); for an S3 store,
     /// where a local store would be.
+    /// This node's cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cache"))
+    }
+
     pub fn store_path(&self) -> PathBuf {
         match &self.store {
             Some(StoreConfig::Local { path: Some(path) }) => path.clone(),
@@ -767,6 +853,30 @@ mod tests {
         let bad = |k: &str| (k == "IMS_IMPORT_METHODS").then(|| "glance-upload".to_string());
         let err = Config::load_with(None, &bad).unwrap_err();
         assert!(err.to_string().contains("glance-upload"), "{err}");
+    }
+
+    #[test]
+    fn cache_and_catalog_from_env() {
+        let env = |k: &str| match k {
+            "IMS_CACHE_ENABLED" => Some("true".to_string()),
+            "IMS_CACHE_MAX_SIZE" => Some("4096".to_string()),
+            "IMS_EXTRA_CATALOG" => Some("image_remote=http://127.0.0.1:9393/".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with(None, &env).unwrap();
+        assert!(c.cache.enabled);
+        assert_eq!(c.cache.max_size, 4096);
+        assert_eq!(c.cache_dir(), PathBuf::from("ims-data/cache"));
+        assert_eq!(
+            c.extra_catalog,
+            vec![CatalogService {
+                service_type: "image_remote".into(),
+                url: "http://127.0.0.1:9393".into()
+            }]
+        );
+        assert!(!Config::load_with(None, &|_| None).unwrap().cache.enabled);
+        let bad = |k: &str| (k == "IMS_EXTRA_CATALOG").then(|| "image_remote".to_string());
+        assert!(Config::load_with(None, &bad).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use ims_domain::{
 };
 use ims_meta::{MetaError, MetaStore};
 
+use crate::cache::CacheService;
 use crate::config::{GcConfig, Limits};
 use crate::error::{ServiceError, ServiceResult};
 use crate::patch::{self, AttrValue, PatchDialect, PatchOp};
@@ -27,6 +28,8 @@ pub struct ImageService {
     pub(crate) stores: Arc<Stores>,
     pub(crate) limits: Limits,
     pub(crate) gc: GcConfig,
+    /// This node's image cache: downloads are served from it and fill it.
+    pub(crate) cache: Option<Arc<CacheService>>,
 }
 
 /// An image ready to stream: its record and the number of bytes it holds.
@@ -56,6 +59,7 @@ impl ImageService {
             stores,
             limits,
             gc,
+            cache: None,
         }
     }
 
@@ -233,6 +237,11 @@ impl ImageService {
             Ok(())
         })
         .await?;
+        if let Some(cache) = &self.cache
+            && let Err(e) = cache.cache().delete(id).await
+        {
+            tracing::warn!(image_id = %id, error = %e, "removing deleted image from the cache failed");
+        }
         if let Some(data) = data {
             for store in &data.stores {
                 self.delete_unreferenced(id, store, &data.blob_key).await?;
@@ -464,9 +473,67 @@ impl ImageService {
             .data
             .as_ref()
             .ok_or_else(|| ServiceError::not_found("The image has no data"))?;
+        let id = download.image.id;
+        if let Some(cache) = &self.cache
+            && download.image.status == ImageStatus::Active
+        {
+            if let Some(stream) = cache.cache().read(id, range.clone()).await {
+                return Ok(stream);
+            }
+        }
         let key = BlobKey::parse(&data.blob_key)
             .map_err(|e| ServiceError::internal("image blob key", &e))?;
+        if let Some(cache) = &self.cache
+            && download.image.status == ImageStatus::Active
+            && !cache.cache().is_cached(id)
+        {
+            // A second read of the blob fills this node's cache while the client is served.
+            match self.open_stores(&data.stores, &key, None).await {
+                Ok(stream) => cache.fill_in_background(id, download.size, stream),
+                Err(e) => {
+                    tracing::warn!(image_id = %id, error = %e, "cannot read image to cache it")
+                }
+            }
+        }
         self.open_stores(&data.stores, &key, range).await
+    }
+
+    /// One pass of this node's cache prefetcher: caches every queued image from the stores. A
+    /// queue entry whose image is gone or has no data is dropped; one whose fill failed stays
+    /// for the next pass.
+    pub async fn prefetch_queued(&self) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let queued = match cache.cache().queued() {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the cache queue failed");
+                return;
+            }
+        };
+        for id in queued {
+            if let Err(e) = self.prefetch_one(cache, id).await {
+                tracing::warn!(image_id = %id, error = %e, "prefetching image into the cache failed");
+            }
+        }
+    }
+
+    async fn prefetch_one(&self, cache: &CacheService, id: uuid::Uuid) -> ServiceResult<()> {
+        let image = self.meta.get_image(id).await?;
+        let data = image
+            .filter(|i| i.status == ImageStatus::Active)
+            .and_then(|i| i.data);
+        let Some(data) = data else {
+            tracing::info!(image_id = %id, "queued image is no longer active; dropped from the queue");
+            return cache.unqueue(id);
+        };
+        let key = BlobKey::parse(&data.blob_key)
+            .map_err(|e| ServiceError::internal("image blob key", &e))?;
+        let size = u64::try_from(data.size).unwrap_or(0);
+        let stream = self.open_stores(&data.stores, &key, None).await?;
+        cache.cache().fill(id, size, stream).await?;
+        cache.unqueue(id)
     }
 
     /// Opens `key` from the first of `stores` that serves it, highest weight first; a store

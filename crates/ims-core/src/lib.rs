@@ -5,6 +5,7 @@
 pub mod access_keys;
 pub mod app;
 pub mod bucketjobs;
+pub mod cache;
 pub mod cloudimages;
 pub mod cloudjobs;
 pub mod config;
