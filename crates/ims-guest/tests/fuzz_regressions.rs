@@ -42,3 +42,21 @@ fn ext4_with_zero_blocks_per_group_is_an_error() {
         "{error}"
     );
 }
+
+/// guest_filesystems crash-e18350e8 (and crash-9c0e5181, the same bug), 2146 bytes: an ext4
+/// superblock with the 64-bit feature and `s_desc_size` 19. ext4-view 0.9.3 sliced each group
+/// descriptor short and unwrapped (panic in `block_group.rs`); `Ext4Fs::open` now refuses it.
+#[test]
+fn ext4_with_short_64bit_group_descriptors_is_an_error() {
+    let input: &[u8] =
+        include_bytes!("fuzz-regressions/guest_filesystems-ext4-short-64bit-descriptors.bin");
+    assert_eq!(input[0], 0);
+    let vol = Volume::whole(Arc::new(input[1..].to_vec()));
+    let error = fs::open(FsKind::Ext4, &vol).err().expect("must not open");
+    assert!(
+        error
+            .to_string()
+            .contains("64-bit group descriptors of 19 bytes"),
+        "{error}"
+    );
+}
