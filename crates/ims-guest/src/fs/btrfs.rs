@@ -638,16 +638,53 @@ fn decompress(compression: u8, data: &[u8], ram_bytes: u64, at: u64) -> Result<V
                 .read_to_end(&mut out)
                 .map_err(|e| failed("zstd", e))?;
         }
-        2 => {
-            return Err(unsupported(format!(
-                "the extent at {at} is LZO compressed, which this reader does not decode"
-            )));
-        }
+        2 => out = lzo_extent(data, ram_bytes as usize, at)?,
         c => {
             return Err(unsupported(format!(
                 "the extent at {at} uses unknown compression {c}"
             )));
         }
+    }
+    Ok(out)
+}
+
+/// The sector Btrfs' LZO framing aligns segment headers to (4 KiB on x86-64 and most arm64).
+const LZO_SECTOR: usize = 4096;
+
+/// Btrfs' LZO framing: a u32 total length, then segments (a u32 length and one LZO1X stream of
+/// at most one sector's output) whose headers never straddle a sector boundary (zero padding).
+fn lzo_extent(data: &[u8], ram_bytes: usize, at: u64) -> Result<Vec<u8>> {
+    let bad = |reason: String| invalid("Btrfs LZO extent", at, reason);
+    let u32_at = |i: usize| {
+        data.get(i..i.checked_add(4)?)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let total = u32_at(0).ok_or_else(|| bad("no length header".into()))?;
+    if total < 4 || total > data.len() {
+        return Err(bad(format!("length {total} in {} bytes", data.len())));
+    }
+    let mut out = Vec::with_capacity(ram_bytes);
+    let mut cur = 4usize;
+    while cur < total && out.len() < ram_bytes {
+        let room = LZO_SECTOR - cur % LZO_SECTOR;
+        if room < 4 {
+            cur += room;
+            if cur >= total {
+                break;
+            }
+        }
+        let seg =
+            u32_at(cur).ok_or_else(|| bad(format!("segment header at {cur} past the end")))?;
+        cur += 4;
+        let end = cur
+            .checked_add(seg)
+            .filter(|&e| e <= total)
+            .ok_or_else(|| bad(format!("segment of {seg} bytes at {cur} past the end")))?;
+        let want = (ram_bytes - out.len()).min(LZO_SECTOR);
+        let piece = super::lzo::decompress(&data[cur..end], want)
+            .map_err(|e| bad(format!("segment at {cur}: {e}")))?;
+        out.extend_from_slice(&piece);
+        cur = end;
     }
     Ok(out)
 }
@@ -1181,7 +1218,7 @@ mod tests {
     }
 
     #[test]
-    fn compressed_extents_decode_and_lzo_is_a_clear_error() {
+    fn compressed_extents_decode_and_bad_lzo_is_a_clear_error() {
         use std::io::Write;
         let plain = b"NAME=\"Test\"\n".repeat(50);
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());

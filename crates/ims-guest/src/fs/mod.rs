@@ -5,6 +5,7 @@ pub mod btrfs;
 pub mod ext4;
 pub mod fat;
 pub mod iso9660;
+pub mod lzo;
 pub mod ntfs;
 pub(crate) mod resolve;
 pub mod xfs;
