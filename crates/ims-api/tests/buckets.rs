@@ -38,6 +38,18 @@ impl Client {
         send(&self.router, req).await
     }
 
+    /// `create_image` from a bucket object; returns the job once it has ended.
+    async fn import(&self, name: &str, image_url: &str) -> Value {
+        let body = json!({"name": name, "image_url": image_url, "min_disk": 40,
+                          "os_version": "CentOS 7.9 64bit"});
+        let reply = self
+            .call("POST", "/v2/cloudimages/action", Some(body))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        self.wait_job(reply.json()["job_id"].as_str().unwrap())
+            .await
+    }
+
     /// Polls the job until it ends; returns its final JSON.
     async fn wait_job(&self, job_id: &str) -> Value {
         let uri = format!("/v1/{}/jobs/{job_id}", self.project);
@@ -132,19 +144,8 @@ async fn bucket_import_and_export_round_trip_through_garage() {
         .unwrap();
 
     // Import: create_image from the bucket object.
-    let reply = client
-        .call(
-            "POST",
-            "/v2/cloudimages/action",
-            Some(
-                json!({"name": "from-bucket", "image_url": format!("{bucket}:{object}"),
-                        "min_disk": 40, "os_version": "CentOS 7.9 64bit"}),
-            ),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let job = client
-        .wait_job(reply.json()["job_id"].as_str().unwrap())
+        .import("from-bucket", &format!("{bucket}:{object}"))
         .await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
     let image_id = job["entities"]["image_id"].as_str().unwrap().to_string();
@@ -212,19 +213,8 @@ async fn bucket_import_and_export_round_trip_through_garage() {
         .put_object_stream(&bucket, &disguised, stream)
         .await
         .unwrap();
-    let reply = client
-        .call(
-            "POST",
-            "/v2/cloudimages/action",
-            Some(
-                json!({"name": "lying", "image_url": format!("{bucket}:{disguised}"),
-                        "min_disk": 40, "os_version": "CentOS 7.9 64bit"}),
-            ),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let job = client
-        .wait_job(reply.json()["job_id"].as_str().unwrap())
+        .import("lying", &format!("{bucket}:{disguised}"))
         .await;
     assert_eq!(job["status"], "FAIL", "{job}");
     let listed = client
