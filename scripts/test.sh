@@ -47,7 +47,7 @@ declare -A NEEDS=(
   [s3]="garage-build"
   [cargo-test]="pg s3 fixtures os-images build"
   [venv]="deps" [server]="build" [tempest]="venv server" [clients]="venv server pg s3"
-  [ims-sdk]="venv build"
+  [ims-sdk]="venv build s3"
   [cli]="build"
 )
 declare -A STATUS=() ELAPSED=() NOTE=() SELECTED=()
@@ -484,13 +484,21 @@ stage_clients() {
     --basetemp="$WORK/clients-tmp" "$ROOT/tests/clients"
 }
 
-# Huawei Cloud's IMS SDK (huaweicloudsdkims, pinned) against its own fresh `ims serve`
-# (tests/ims_sdk/conftest.py starts it, with three projects and AK/SK keys): all 51 operations.
-IMS_SDK_VERSION=3.1.219
+# Huawei Cloud's IMS SDK (huaweicloudsdkims, pinned in tests/ims_sdk/requirements.txt with boto3)
+# against its own fresh `ims serve` (tests/ims_sdk/conftest.py starts it, with four projects and
+# AK/SK keys): all 51 operations.
+# The suite's region A reads and writes the s3 stage's bucket ims-test-user ([buckets]) and
+# copies to a second `ims serve` (region B) it starts itself.
 stage_ims_sdk() {
   export PATH="$VENV/bin:$PATH"
-  if ! python -c "import huaweicloudsdkims, sys; from importlib.metadata import version; sys.exit(version('huaweicloudsdkims') != '$IMS_SDK_VERSION')" 2>/dev/null; then
-    pip install --disable-pip-version-check -q "huaweicloudsdkims==$IMS_SDK_VERSION" "huaweicloudsdkcore==$IMS_SDK_VERSION"
+  local reqs="$ROOT/tests/ims_sdk/requirements.txt"
+  if ! python - "$reqs" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+pins = [l.split("==") for l in open(sys.argv[1]) if "==" in l and not l.startswith("#")]
+sys.exit(any(version(name.strip()) != want.strip() for name, want in pins))
+PY
+    pip install --disable-pip-version-check -q -r "$reqs"
   fi
   IMS_BIN="$IMS_BIN" IMS_SDK_SUMMARY="$STATE/ims-sdk.note" python -m pytest -v -p no:cacheprovider -p no:warnings \
     --junitxml="$WORK/ims-sdk-junit.xml" --basetemp="$WORK/ims-sdk-tmp" "$ROOT/tests/ims_sdk"

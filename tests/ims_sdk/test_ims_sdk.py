@@ -5,10 +5,12 @@ malformed bodies) in the error bodies the SDK parses."""
 
 import hashlib
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
@@ -17,7 +19,7 @@ from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer
 from huaweicloudsdkims.v2 import *  # noqa: F401,F403 (the SDK's request models)
 
-from conftest import make_client
+from conftest import CROSS_REGION_CAP, REGION_A, REGION_B, make_client
 
 RAW = bytes(range(256)) * 4096  # 1 MiB of image data
 
@@ -313,48 +315,274 @@ def test_os_versions(alpha):
     assert uefi_versions and uefi_versions < {v.os_version for g in groups for v in g.version_list}
 
 
-def bucket_job(client, op, request):
-    job = wait_job(client, getattr(client, op)(request).job_id)
-    assert job.status == "FAIL" and "Object storage is not configured" in job.fail_reason
-    assert job.error_code.startswith("IMG.")
+# --- buckets (the Garage the test command starts) --------------------------------------------
+
+DISK_MIB = 32  # virtual size of the test disk
+ZVHD_CHECK = Path(__file__).resolve().parents[2] / "crates/ims-diskfmt/tests/zvhd_check.py"
+
+
+class Bucket:
+    """The user bucket through boto3, every key under one prefix of this run."""
+
+    def __init__(self, s3):
+        import boto3
+        from botocore.config import Config
+        self.client = boto3.client(
+            "s3", endpoint_url=s3["endpoint"], region_name=s3["region"],
+            aws_access_key_id=s3["access_key"], aws_secret_access_key=s3["secret_key"],
+            config=Config(s3={"addressing_style": "path"},
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"))
+        self.name = s3["user_bucket"]
+        self.prefix = f"ims-sdk-{uuid.uuid4().hex[:8]}"
+
+    def url(self, name):
+        """IMS's `bucket:object` for `name`."""
+        return f"{self.name}:{self.prefix}/{name}"
+
+    def put(self, name, data: bytes):
+        self.client.put_object(Bucket=self.name, Key=f"{self.prefix}/{name}", Body=data)
+
+    def get(self, name) -> bytes:
+        return self.client.get_object(Bucket=self.name, Key=f"{self.prefix}/{name}")["Body"].read()
+
+    def names(self):
+        listed = self.client.list_objects_v2(Bucket=self.name, Prefix=self.prefix + "/")
+        return sorted(o["Key"][len(self.prefix) + 1:] for o in listed.get("Contents", []))
+
+
+def run(*args):
+    out = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    assert out.returncode == 0, f"{args}: {out.stdout} {out.stderr}"
+    return out.stdout
+
+
+def ims_img(node, *args):
+    return run(node.binary, "img", *args)
+
+
+@pytest.fixture(scope="session")
+def bucket(s3):
+    if not s3:
+        pytest.skip("IMS_SKIP_S3=1: no S3 server")
+    return Bucket(s3)
+
+
+@pytest.fixture(scope="session")
+def disks(node, bucket, tmp_path_factory):
+    """A 32 MiB disk (data, zero blocks and a zero tail) as raw, qcow2, VMDK, VHD and ZVHD2
+    files, each uploaded to the bucket as disk.<ext>; returns {ext: (path, bytes)}."""
+    work = tmp_path_factory.mktemp("disks")
+    block = 64 << 10
+    chunks = []
+    for i in range(DISK_MIB * (1 << 20) // block):
+        if i % 3 == 0 or i >= (DISK_MIB - 8) * (1 << 20) // block:
+            chunks.append(bytes(block))
+        else:
+            chunks.append(hashlib.sha256(str(i).encode()).digest() * (block // 32))
+    raw = work / "disk.raw"
+    raw.write_bytes(b"".join(chunks))
+    files = {"raw": raw}
+    for ext, fmt, opts in (("qcow2", "qcow2", []), ("vmdk", "vmdk", []),
+                           ("vhd", "vpc", ["-o", "force_size=on"])):
+        files[ext] = work / f"disk.{ext}"
+        run("qemu-img", "convert", "-f", "raw", "-O", fmt, *opts, raw, files[ext])
+    files["zvhd2"] = work / "disk.zvhd2"
+    ims_img(node, "convert", "-f", "raw", "-O", "zvhd2", raw, files["zvhd2"])
+    out = {}
+    for ext, path in files.items():
+        data = path.read_bytes()
+        bucket.put(f"disk.{ext}", data)
+        out[ext] = (path, data)
+    return out
+
+
+def wait_bucket_job(client, job_id, job_type):
+    job = wait_job(client, job_id, timeout=180)
+    assert job.job_type == job_type
     return job
 
 
-def test_bucket_operations_fail_their_jobs_without_object_storage(node, alpha):
-    for op, req in (("create_image", CreateImageRequest),
-                    ("create_image_in_safe_mode", CreateImageInSafeModeRequest)):
-        job = bucket_job(alpha, op, req(body=CreateImageRequestBody(
-            name=f"from-file-{op[-4:]}", image_url="images:disk.qcow2", min_disk=40,
-            os_version="CentOS 7.9 64bit", image_tags=[TagKeyValue(key="k", value="v")])))
-        assert job.job_type == "imsImportImageJob"
-        # A failed import leaves no image behind.
-        assert listed(alpha, name=f"from-file-{op[-4:]}") == []
-    for op, req in (("import_image_quick", ImportImageQuickRequest),
-                    ("import_image_quick_in_safe_mode", ImportImageQuickInSafeModeRequest)):
-        bucket_job(alpha, op, req(body=QuickImportImageByFileRequestBody(
-            name="quick", os_version="CentOS 7.9 64bit", image_url="images:disk.zvhd2", min_disk=40)))
-    for op, req in (("create_data_image", CreateDataImageRequest),
-                    ("create_data_image_in_safe_mode", CreateDataImageInSafeModeRequest)):
-        job = bucket_job(alpha, op, req(body=CreateDataImageRequestBody(
-            name="data", image_url="images:data.qcow2", min_disk=100)))
-        assert job.job_type == "imsImportDataImageJob"
-    queued = new_image(node, alpha, "alpha", "to-register", data=None).id
-    job = bucket_job(alpha, "register_image", RegisterImageRequest(
-        image_id=queued, body=RegisterImageRequestBody(image_url="images:disk.vmdk")))
-    assert job.job_type == "imsNativeImportImageJob"
-    active = new_image(node, alpha, "alpha", "to-export").id
-    for op, req in (("export_image", ExportImageRequest),
-                    ("export_image_in_safe_mode", ExportImageInSafeModeRequest)):
-        job = bucket_job(alpha, op, req(image_id=active, body=ExportImageRequestBody(
-            bucket_url="exports:out.qcow2", file_format="qcow2")))
-        assert job.job_type == "imsNativeExportImageJob"
-    # Input rules are checked before any job starts.
-    expect_error(lambda: alpha.create_image(CreateImageRequest(body=CreateImageRequestBody(
-        name="small", image_url="images:d.qcow2", min_disk=20))), 400)
-    expect_error(lambda: alpha.create_data_image(CreateDataImageRequest(body=CreateDataImageRequestBody(
-        name="data", image_url="images:d.qcow2", min_disk=4096))), 400)
-    expect_error(lambda: alpha.export_image(ExportImageRequest(image_id=active, body=ExportImageRequestBody(
-        bucket_url="exports:out.img", file_format="iso"))), 400)
+def assert_imported(node, client, account, job, name, data, disk_format, os_version=None):
+    """The job made one active image of the object: its bytes, size, format and OS fields."""
+    assert job.status == "SUCCESS", job.fail_reason
+    image_id = job.entities.image_id
+    [image] = listed(client, id=image_id)
+    assert (image.name, image.status, image.disk_format) == (name, "active", disk_format)
+    assert image.image_size == str(len(data)) and image.checksum == hashlib.md5(data).hexdigest()
+    assert image.imagetype == "private"
+    if os_version:
+        assert image.os_version == os_version
+        assert (image.platform, image.os_type, image.os_bit) == ("CentOS", "Linux", "64")
+    assert node.download(account, image_id) == data
+    return image
+
+
+def test_import_from_bucket(node, delta, bucket, disks):
+    """create_image / import_image_quick from bucket objects: active images with the object's
+    data, size, detected format and the OS fields of os_version."""
+    os_version = "CentOS 7.9 64bit"
+    for op, req, ext in (("create_image", CreateImageRequest, "qcow2"),
+                         ("create_image_in_safe_mode", CreateImageInSafeModeRequest, "vhd")):
+        name = f"imported-{ext}"
+        job = wait_bucket_job(delta, getattr(delta, op)(req(body=CreateImageRequestBody(
+            name=name, image_url=bucket.url(f"disk.{ext}"), min_disk=40, os_version=os_version,
+            image_tags=[TagKeyValue(key="src", value=ext)]))).job_id, "imsImportImageJob")
+        image = assert_imported(node, delta, "delta", job, name, disks[ext][1], ext, os_version)
+        assert image.min_disk == 40 and image.virtual_env_type == "FusionCompute"
+        tags = delta.list_image_tags(ListImageTagsRequest(image_id=image.id)).tags
+        assert [(t.key, t.value) for t in tags] == [("src", ext)]
+    for op, req, ext in (("import_image_quick", ImportImageQuickRequest, "zvhd2"),
+                         ("import_image_quick_in_safe_mode", ImportImageQuickInSafeModeRequest, "raw")):
+        name = f"quick-{ext}"
+        job = wait_bucket_job(delta, getattr(delta, op)(req(body=QuickImportImageByFileRequestBody(
+            name=name, os_version=os_version, image_url=bucket.url(f"disk.{ext}"),
+            min_disk=40))).job_id, "imsImportImageJob")
+        assert_imported(node, delta, "delta", job, name, disks[ext][1], ext, os_version)
+
+
+def test_data_images_from_bucket(node, delta, bucket, disks):
+    for op, req, ext in (("create_data_image", CreateDataImageRequest, "qcow2"),
+                         ("create_data_image_in_safe_mode", CreateDataImageInSafeModeRequest, "vmdk")):
+        name = f"data-{ext}"
+        job = wait_bucket_job(delta, getattr(delta, op)(req(body=CreateDataImageRequestBody(
+            name=name, image_url=bucket.url(f"disk.{ext}"), min_disk=40, os_type="Linux"))).job_id,
+            "imsImportDataImageJob")
+        image = assert_imported(node, delta, "delta", job, name, disks[ext][1], ext)
+        assert image.virtual_env_type == "DataImage" and image.min_disk == 40
+
+
+def test_register_image_from_bucket(node, delta, bucket, disks):
+    queued = new_image(node, delta, "delta", "to-register", os_version="CentOS 7.9 64bit",
+                       data=None).id
+    job = wait_bucket_job(delta, delta.register_image(RegisterImageRequest(
+        image_id=queued, body=RegisterImageRequestBody(image_url=bucket.url("disk.vmdk")))).job_id,
+        "imsNativeImportImageJob")
+    assert job.entities.image_id == queued
+    image = assert_imported(node, delta, "delta", job, "to-register", disks["vmdk"][1], "vmdk",
+                            "CentOS 7.9 64bit")
+    shown = delta.glance_show_image(GlanceShowImageRequest(image_id=image.id))
+    assert shown.virtual_size == DISK_MIB << 20
+
+
+def test_export_to_bucket_in_every_format(node, delta, bucket, disks, tmp_path):
+    """export_image writes each format the SDK allows; the files read back (qemu-img for VMDK,
+    VHD and QCOW2, `ims img` for ZVHD and ZVHD2, which qemu-img cannot read) equal the source."""
+    raw = disks["raw"][0]
+    job = wait_bucket_job(delta, delta.create_image(CreateImageRequest(body=CreateImageRequestBody(
+        name="to-export", image_url=bucket.url("disk.qcow2"), min_disk=40,
+        os_version="CentOS 7.9 64bit"))).job_id, "imsImportImageJob")
+    assert job.status == "SUCCESS", job.fail_reason
+    image = job.entities.image_id
+    formats = [("vmdk", "vmdk", "qemu"), ("vhd", "vpc", "qemu"), ("qcow2", "qcow2", "qemu"),
+               ("zvhd", "zvhd", "ims"), ("zvhd2", "zvhd2", "ims")]
+    for i, (fmt, reader, tool) in enumerate(formats):
+        op, req = (("export_image", ExportImageRequest) if i % 2 == 0 else
+                   ("export_image_in_safe_mode", ExportImageInSafeModeRequest))
+        job = wait_bucket_job(delta, getattr(delta, op)(req(image_id=image, body=ExportImageRequestBody(
+            bucket_url=bucket.url(f"out.{fmt}"), file_format=fmt))).job_id, "imsNativeExportImageJob")
+        assert job.status == "SUCCESS", (fmt, job.fail_reason)
+        out = tmp_path / f"out.{fmt}"
+        out.write_bytes(bucket.get(f"out.{fmt}"))
+        if tool == "qemu":
+            info = json.loads(run("qemu-img", "info", "--output=json", "-f", reader, out))
+            if reader != "vpc":
+                run("qemu-img", "check", "-f", reader, out)
+            run("qemu-img", "compare", "-f", "raw", "-F", reader, raw, out)
+        else:
+            info = json.loads(ims_img(node, "info", "--output=json", out))
+            assert info["format"] == fmt, info
+            ims_img(node, "check", "-f", reader, out)
+            ims_img(node, "compare", "-f", "raw", "-F", reader, raw, out)
+            # An independent reader (standard library + zstd): the disk's SHA-256 is the source's.
+            digest = run("python3", ZVHD_CHECK, out).split()[0]
+            assert digest == hashlib.sha256(raw.read_bytes()).hexdigest(), fmt
+        assert info["virtual-size"] >= DISK_MIB << 20, (fmt, info)
+    # A quick export writes the stored data as it is.
+    job = wait_bucket_job(delta, delta.export_image(ExportImageRequest(image_id=image, body=ExportImageRequestBody(
+        bucket_url=bucket.url("quick.qcow2"), is_quick_export=True))).job_id, "imsNativeExportImageJob")
+    assert job.status == "SUCCESS", job.fail_reason
+    assert bucket.get("quick.qcow2") == disks["qcow2"][1]
+    assert {f"out.{f}" for f, _, _ in formats} | {"quick.qcow2"} <= set(bucket.names())
+
+
+def test_bucket_refusals(node, delta, gamma, bucket, disks, tmp_path):
+    """Seed tables 5-1 and 5-5 through the SDK: refused calls answer IMS error codes at once;
+    what is only known from the file fails the job with one, and leaves no image."""
+    def failed_job(job_id, job_type, code, words):
+        job = wait_bucket_job(delta, job_id, job_type)
+        assert job.status == "FAIL" and job.error_code == code, (job.error_code, job.fail_reason)
+        assert words in job.fail_reason, job.fail_reason
+        return job
+
+    # Disk size limits: 40–1024 GB (system), 40–2048 GB (data), 1–1024 GB (quick import).
+    for body in (CreateImageRequestBody(name="small", image_url=bucket.url("disk.qcow2"), min_disk=20,
+                                        os_version="CentOS 7.9 64bit"),
+                 CreateImageRequestBody(name="big", image_url=bucket.url("disk.qcow2"), min_disk=1025,
+                                        os_version="CentOS 7.9 64bit")):
+        expect_error(lambda: delta.create_image(CreateImageRequest(body=body)), 400, "IMG.0001")
+    expect_error(lambda: delta.create_data_image(CreateDataImageRequest(body=CreateDataImageRequestBody(
+        name="data", image_url=bucket.url("disk.qcow2"), min_disk=4096))), 400, "IMG.0001")
+    expect_error(lambda: delta.import_image_quick(ImportImageQuickRequest(body=QuickImportImageByFileRequestBody(
+        name="quick", os_version="CentOS 7.9 64bit", image_url=bucket.url("disk.raw"),
+        min_disk=1025))), 400, "IMG.0001")
+    expect_error(lambda: delta.create_image(CreateImageRequest(body=CreateImageRequestBody(
+        name="no-colon", image_url="disk.qcow2", min_disk=40))), 400, "IMG.0001")
+    # Known only from the file: a quick import of qcow2, a data disk larger than min_disk, an
+    # object that does not exist, content that is not the declared format.
+    failed_job(delta.import_image_quick(ImportImageQuickRequest(body=QuickImportImageByFileRequestBody(
+        name="quick-qcow2", os_version="CentOS 7.9 64bit", image_url=bucket.url("disk.qcow2"),
+        min_disk=40))).job_id, "imsImportImageJob", "IMG.0001", "RAW or ZVHD2")
+    big = tmp_path / "big.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", big, "50G")
+    bucket.put("big-data.qcow2", big.read_bytes())
+    failed_job(delta.create_data_image(CreateDataImageRequest(body=CreateDataImageRequestBody(
+        name="too-big-data", image_url=bucket.url("big-data.qcow2"), min_disk=40))).job_id,
+        "imsImportDataImageJob", "IMG.0001", "does not fit")
+    failed_job(delta.create_image(CreateImageRequest(body=CreateImageRequestBody(
+        name="missing", image_url=bucket.url("no-such.qcow2"), min_disk=40,
+        os_version="CentOS 7.9 64bit"))).job_id, "imsImportImageJob", "IMG.0404", "does not exist")
+    bucket.put("disguised.qcow2", disks["vhd"][1])
+    job = wait_bucket_job(delta, delta.create_image(CreateImageRequest(body=CreateImageRequestBody(
+        name="disguised", image_url=bucket.url("disguised.qcow2"), min_disk=40,
+        os_version="CentOS 7.9 64bit"))).job_id, "imsImportImageJob")
+    assert job.status == "FAIL" and job.error_code.startswith("IMG.")
+    for name in ("quick-qcow2", "too-big-data", "missing", "disguised"):
+        assert listed(delta, name=name) == [], name
+
+    # Table 5-5: what cannot be exported.
+    queued = new_image(node, delta, "delta", "queued-export", data=None).id
+    active = new_image(node, delta, "delta", "active-export").id
+    iso_dir = tmp_path / "iso"
+    iso_dir.mkdir()
+    (iso_dir / "readme.txt").write_text("an ISO image\n")
+    iso = tmp_path / "disc.iso"
+    run("genisoimage", "-quiet", "-o", iso, iso_dir)
+    body = GlanceCreateImageMetadataRequestBody(
+        os_version="CentOS 7.9 64bit", container_format="bare", disk_format="iso", min_disk=40,
+        name="an-iso", visibility="private")
+    iso_image = delta.glance_create_image_metadata(GlanceCreateImageMetadataRequest(body=body)).id
+    node.upload("delta", iso_image, iso.read_bytes())
+    for image, body, code, words in (
+            (active, ExportImageRequestBody(bucket_url=bucket.url("x.iso"), file_format="iso"),
+             "IMG.0001", "cannot be exported"),
+            (active, ExportImageRequestBody(bucket_url=bucket.url("x.raw"), file_format="raw"),
+             "IMG.0001", "cannot be exported"),
+            (active, ExportImageRequestBody(bucket_url=bucket.url("x.qcow2"), file_format="qcow2",
+                                            is_quick_export=True), "IMG.0001", "quick export"),
+            (active, ExportImageRequestBody(bucket_url="no-colon", file_format="qcow2"),
+             "IMG.0001", "bucket:object"),
+            (queued, ExportImageRequestBody(bucket_url=bucket.url("q.qcow2"), file_format="qcow2"),
+             "IMG.0001", "Only active"),
+            (iso_image, ExportImageRequestBody(bucket_url=bucket.url("i.qcow2"), file_format="qcow2"),
+             "IMG.0001", "ISO")):
+        e = expect_error(lambda: delta.export_image(ExportImageRequest(image_id=image, body=body)),
+                         400, code)
+        assert words in e.error_msg, e.error_msg
+    # Another project's image does not exist for the caller.
+    expect_error(lambda: gamma.export_image(ExportImageRequest(image_id=active, body=ExportImageRequestBody(
+        bucket_url=bucket.url("stolen.qcow2"), file_format="qcow2"))), 404, "IMG.0404")
+    assert not {"x.iso", "x.raw", "x.qcow2", "q.qcow2", "i.qcow2", "stolen.qcow2"} & set(bucket.names())
 
 
 def test_compute_dependent_operations_answer_as_ims(alpha):
@@ -375,12 +603,49 @@ def test_compute_dependent_operations_answer_as_ims(alpha):
     assert "KMS" in e.error_msg
 
 
-def test_cross_region_copy_without_peers(node, alpha):
-    image = new_image(node, alpha, "alpha", "xregion").id
-    e = expect_error(lambda: alpha.copy_image_cross_region(CopyImageCrossRegionRequest(
-        image_id=image, body=CopyImageCrossRegionRequestBody(
-            name="far", region="region-b", project_name="region-b", agency_name="ims_admin"))), 400)
-    assert "region-b" in e.error_msg and e.error_code.startswith("IMG.")
+# --- a peer region (a second `ims serve`) ------------------------------------------------------
+
+def test_copy_cross_region(node, region_b, delta, dest):
+    """copy_image_cross_region to region B: the job succeeds and the copy is active in B's
+    project `dest` with the same bytes and checksums; the seed's refusals answer IMS codes."""
+    data = bytes(range(256)) * 8192  # 2 MiB
+    source = new_image(node, delta, "delta", "xregion-src", data=data).id
+    job_id = delta.copy_image_cross_region(CopyImageCrossRegionRequest(
+        image_id=source, body=CopyImageCrossRegionRequestBody(
+            name="far-copy", description="to B", region=REGION_B, project_name="dest",
+            agency_name="ims_admin"))).job_id
+    job = wait_job(delta, job_id, timeout=120)
+    assert job.status == "SUCCESS" and job.job_type == "imsCrossRegionCopyImageJob", job.fail_reason
+    shown = delta.show_job(ShowJobRequest(job_id=job_id))
+    assert shown.status == "SUCCESS" and shown.entities.image_id == job.entities.image_id
+    target = job.entities.image_id
+    copy = dest.glance_show_image(GlanceShowImageRequest(image_id=target))
+    original = delta.glance_show_image(GlanceShowImageRequest(image_id=source))
+    assert (copy.status, copy.name, copy.size) == ("active", "far-copy", len(data))
+    assert copy.checksum == original.checksum == hashlib.md5(data).hexdigest()
+    assert region_b.show("dest", target)["os_hash_value"] == node.show("delta", source)["os_hash_value"] \
+        == hashlib.sha512(data).hexdigest()
+    [in_b] = listed(dest, id=target)
+    assert in_b.imagetype == "private" and in_b.description == "to B"
+    assert in_b.os_version == "Ubuntu 22.04 server 64bit"
+    assert region_b.download("dest", target) == data
+    # The peer's project and region must be the configured ones; this region is not a peer.
+    for body, words in ((CopyImageCrossRegionRequestBody(name="x", region="region-c", project_name="dest",
+                                                         agency_name="ims_admin"), "region-c"),
+                        (CopyImageCrossRegionRequestBody(name="x", region=REGION_B, project_name="other",
+                                                         agency_name="ims_admin"), "other"),
+                        (CopyImageCrossRegionRequestBody(name="x", region=REGION_A, project_name="dest",
+                                                         agency_name="ims_admin"), REGION_A)):
+        e = expect_error(lambda: delta.copy_image_cross_region(CopyImageCrossRegionRequest(
+            image_id=source, body=body)), 400, "IMG.0001")
+        assert words in e.error_msg, e.error_msg
+    # Table 5-4: at most the size cap (8 MiB in this deployment).
+    big = new_image(node, delta, "delta", "xregion-big", data=bytes(CROSS_REGION_CAP + 1)).id
+    e = expect_error(lambda: delta.copy_image_cross_region(CopyImageCrossRegionRequest(
+        image_id=big, body=CopyImageCrossRegionRequestBody(
+            name="too-big", region=REGION_B, project_name="dest", agency_name="ims_admin"))),
+        400, "IMG.0414")
+    assert str(CROSS_REGION_CAP) in e.error_msg
 
 
 # --- refusals the SDK must be able to parse -------------------------------------------------

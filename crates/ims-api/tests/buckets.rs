@@ -1,7 +1,10 @@
 //! IMS bucket import and export against the real S3 server `scripts/test.sh` starts (Garage):
 //! a qcow2 object becomes an active image through `create_image` with `image_url`, and the image
 //! is exported to the bucket as VMDK, VHD and QCOW2 files that `qemu-img compare` finds equal to
-//! the source; a declared format that does not match the object's content fails the job.
+//! the source, and as ZVHD and ZVHD2 files (which qemu-img cannot read) whose content the
+//! independent `ims-diskfmt/tests/zvhd_check.py` and this crate's reader find equal to it; a
+//! declared format that does not match the object's content fails the job. An export whose node
+//! dies mid-way leaves no object and no work file, and finishes on the next node.
 
 mod common;
 
@@ -14,7 +17,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use futures::StreamExt;
+use ims_blob::buckets::Buckets;
 use ims_core::{App, Config};
+use ims_diskfmt::Format;
 use ims_domain::Role;
 use serde_json::{Value, json};
 
@@ -50,6 +55,25 @@ impl Client {
             .await
     }
 
+    /// `export_image` of `image_id` to `bucket_url` as `format`; returns the job once it ended.
+    async fn export(&self, image_id: &str, bucket_url: &str, format: &str) -> Value {
+        let job_id = self.start_export(image_id, bucket_url, format).await;
+        self.wait_job(&job_id).await
+    }
+
+    /// Submits an `export_image` job; returns its id.
+    async fn start_export(&self, image_id: &str, bucket_url: &str, format: &str) -> String {
+        let reply = self
+            .call(
+                "POST",
+                &format!("/v1/cloudimages/{image_id}/file"),
+                Some(json!({"bucket_url": bucket_url, "file_format": format})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{format}: {:?}", reply.body);
+        reply.json()["job_id"].as_str().unwrap().to_string()
+    }
+
     /// Polls the job until it ends; returns its final JSON.
     async fn wait_job(&self, job_id: &str) -> Value {
         let uri = format!("/v1/{}/jobs/{job_id}", self.project);
@@ -76,6 +100,58 @@ fn qemu_img(args: &[&str]) {
         "qemu-img {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The whole object.
+async fn read_object(buckets: &Buckets, bucket: &str, object: &str) -> Vec<u8> {
+    let mut stream = buckets.open_object(bucket, object, None).await.unwrap();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        data.extend_from_slice(&chunk.unwrap());
+    }
+    data
+}
+
+/// `file` is a `format` image (by content) whose virtual disk is `raw`: read by this crate's
+/// reader, and for ZVHD/ZVHD2 also by the independent `zvhd_check.py` (SHA-256 of the disk).
+fn assert_same_content(raw: &Path, file: &Path, format: Format) {
+    let source = std::fs::read(raw).unwrap();
+    let image = Arc::new(std::fs::File::open(file).unwrap());
+    let found = ims_diskfmt::probe::probe(&*image).unwrap();
+    assert_eq!(found.format, format, "{}", file.display());
+    let disk = ims_diskfmt::disk::open(image, format, &Default::default()).unwrap();
+    // ZVHD rounds its current size up; the original size is the source's.
+    assert!(disk.virtual_size() >= source.len() as u64, "{format}");
+    let mut content = vec![0u8; source.len()];
+    disk.read_at(0, &mut content).unwrap();
+    assert!(content == source, "{format}: the exported disk differs from the source");
+    if matches!(format, Format::Zvhd | Format::Zvhd2) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ims-diskfmt/tests/zvhd_check.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .arg(file)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "zvhd_check.py {format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let digest = hex_sha256(&source);
+        let printed = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            printed.contains(&digest),
+            "zvhd_check.py {format}: {printed} (want {digest})"
+        );
+    }
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A 48 MiB raw disk with data, zeros and a hole, and its qcow2 conversion.
@@ -165,28 +241,11 @@ async fn bucket_import_and_export_round_trip_through_garage() {
     // Export to each format; the downloaded file has the source's content.
     for (format, qemu_format) in [("vmdk", "vmdk"), ("vhd", "vpc"), ("qcow2", "qcow2")] {
         let out_object = format!("{prefix}/out.{format}");
-        let reply = client
-            .call(
-                "POST",
-                &format!("/v1/cloudimages/{image_id}/file"),
-                Some(
-                    json!({"bucket_url": format!("{bucket}:{out_object}"), "file_format": format}),
-                ),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{format}: {:?}", reply.body);
         let job = client
-            .wait_job(reply.json()["job_id"].as_str().unwrap())
+            .export(&image_id, &format!("{bucket}:{out_object}"), format)
             .await;
         assert_eq!(job["status"], "SUCCESS", "{format}: {job}");
-        let mut stream = buckets
-            .open_object(&bucket, &out_object, None)
-            .await
-            .unwrap();
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            data.extend_from_slice(&chunk.unwrap());
-        }
+        let data = read_object(&buckets, &bucket, &out_object).await;
         let file = dir.path().join(format!("exported.{format}"));
         std::fs::write(&file, &data).unwrap();
         if qemu_format != "vpc" {
@@ -203,7 +262,16 @@ async fn bucket_import_and_export_round_trip_through_garage() {
             file.to_str().unwrap(),
         ]);
     }
-
+    for format in [Format::Zvhd, Format::Zvhd2] {
+        let out_object = format!("{prefix}/out.{format}");
+        let job = client
+            .export(&image_id, &format!("{bucket}:{out_object}"), format.as_str())
+            .await;
+        assert_eq!(job["status"], "SUCCESS", "{format}: {job}");
+        let file = dir.path().join(format!("exported.{format}"));
+        std::fs::write(&file, read_object(&buckets, &bucket, &out_object).await).unwrap();
+        assert_same_content(&raw, &file, format);
+    }
     // A declared format that is not the content (VHD data named .qcow2): the job fails and
     // leaves no image.
     let vhd = bytes::Bytes::from(std::fs::read(dir.path().join("exported.vhd")).unwrap());
@@ -222,4 +290,139 @@ async fn bucket_import_and_export_round_trip_through_garage() {
         .await
         .json();
     assert_eq!(listed["images"], json!([]), "{listed}");
+}
+
+/// Runner settings of the restart test: a lease short enough that the next node claims the dead
+/// one's job within seconds.
+fn fast_runner(node: &str) -> ims_jobs::runner::RunnerConfig {
+    ims_jobs::runner::RunnerConfig {
+        lease: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(200),
+        retry_delay: Duration::from_millis(200),
+        ..ims_jobs::runner::RunnerConfig::new(node)
+    }
+}
+
+/// Opens the node's app on `config` (SQLite and a local store in its data dir) with user alice
+/// in project team; returns the app and a client with alice's token.
+async fn open_node(config: &Config, first: bool) -> (Arc<App>, Client) {
+    let app = Arc::new(App::open(config.clone()).await.unwrap());
+    app.identity.bootstrap(Some("adminpw")).await.unwrap();
+    if first {
+        app.identity.create_project("team").await.unwrap();
+        app.identity.create_user("alice", "pw").await.unwrap();
+        app.identity
+            .assign_role(&named("alice"), &named("team"), Role::Member, true)
+            .await
+            .unwrap();
+    }
+    let project = app
+        .identity
+        .find_project(&named("team"))
+        .await
+        .unwrap()
+        .unwrap();
+    let router = ims_api::router(app.clone());
+    let token = issue_token(&router, "alice", "pw", "team").await;
+    let client = Client {
+        router,
+        token,
+        project: project.id,
+    };
+    (app, client)
+}
+
+/// The `ims-work-*` files in the work directory.
+fn work_files(work_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(work_dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("ims-work-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A node dies in the middle of an export (the job has saved progress, the object is not yet
+/// complete): the bucket holds no object, the next start removes the work files it left, and the
+/// next node claims the job once the lease expired and writes the whole object, equal to the
+/// source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_cut_by_a_restart_resumes_and_leaves_no_garbage() {
+    let Some((connection, bucket)) = ims_blob::conformance::s3_test_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.data_dir = dir.path().join("data");
+    config.buckets = Some(connection);
+    let work_dir = config.work_dir();
+
+    // A 128 MiB raw disk of varied data: converting it to ZVHD2 (zstd) takes a while.
+    let raw = dir.path().join("big.raw");
+    let data: Vec<u8> = (0..(128u32 << 20) / 4)
+        .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> (i % 7)).to_le_bytes())
+        .collect();
+    std::fs::write(&raw, &data).unwrap();
+
+    let (app, client) = open_node(&config, true).await;
+    let created = client
+        .call(
+            "POST",
+            "/v2/images",
+            Some(json!({"name": "big", "disk_format": "raw", "container_format": "bare",
+                        "__os_version": "CentOS 7.9 64bit"})),
+        )
+        .await;
+    let image_id = created.json()["id"].as_str().unwrap().to_string();
+    let put = Request::put(format!("/v2/images/{image_id}/file"))
+        .header("x-auth-token", &client.token)
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(data))
+        .unwrap();
+    assert_eq!(send(&client.router, put).await.status, StatusCode::NO_CONTENT);
+
+    let object = format!("restart-test-{}/big.zvhd2", uuid::Uuid::new_v4().simple());
+    let jobs = app.cloud_images.jobs().clone();
+    let first = app.runner(fast_runner("node-a")).start();
+    let job_id = client
+        .start_export(&image_id, &format!("{bucket}:{object}"), "zvhd2")
+        .await;
+    let id = uuid::Uuid::parse_str(&job_id).unwrap();
+    for _ in 0..6000 {
+        let job = jobs.get(id).await.unwrap().unwrap();
+        if job.state.as_ref().is_some_and(|s| s["percent"].is_number()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.abort();
+    let cut = jobs.get(id).await.unwrap().unwrap();
+    assert!(
+        !cut.status.is_finished() && cut.state.is_some(),
+        "the export must be cut mid-way: {cut:?}"
+    );
+    let buckets = app.buckets.clone().unwrap();
+    assert_eq!(
+        buckets.object_size(&bucket, &object).await.unwrap(),
+        None,
+        "no partial object"
+    );
+    // What a killed process leaves in the work directory (an aborted task drops its own files).
+    std::fs::create_dir_all(&work_dir).unwrap();
+    std::fs::write(work_dir.join("ims-work-left-by-a-crash"), b"partial").unwrap();
+    drop((client, app, jobs));
+
+    let (app, client) = open_node(&config, false).await;
+    assert_eq!(work_files(&work_dir), Vec::<String>::new(), "the start-up sweep");
+    let _second = app.runner(fast_runner("node-b")).start();
+    let job = client.wait_job(&job_id).await;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let done = app.cloud_images.jobs().get(id).await.unwrap().unwrap();
+    assert_eq!(done.attempts, 2, "{done:?}");
+    let file = dir.path().join("resumed.zvhd2");
+    std::fs::write(&file, read_object(&buckets, &bucket, &object).await).unwrap();
+    assert_same_content(&raw, &file, Format::Zvhd2);
+    assert_eq!(work_files(&work_dir), Vec::<String>::new(), "no work file left");
 }

@@ -435,3 +435,210 @@ async fn csv_export_has_the_console_columns_and_parses_back() {
     let all = export("").await;
     assert_eq!(parse_csv(std::str::from_utf8(&all.body).unwrap()).len(), 4);
 }
+
+/// Sends `method uri` with a token and an optional JSON body.
+async fn with_token(
+    router: &Router,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-auth-token", token)
+        .header("content-type", "application/json")
+        .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+        .unwrap();
+    send(router, req).await
+}
+
+/// Polls an IMS job until it ends.
+async fn wait_job(router: &Router, token: &str, project: &str, job_id: &str) -> serde_json::Value {
+    for _ in 0..300 {
+        let job = with_token(router, token, "GET", &format!("/v1/{project}/jobs/{job_id}"), None)
+            .await
+            .json();
+        if job["status"] == "SUCCESS" || job["status"] == "FAIL" {
+            return job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("job {job_id} did not end");
+}
+
+/// An in-region copy job whose worker died after creating the copy (finished, or only the
+/// `queued` record) makes no second copy when it runs again: the target id is fixed at
+/// submission and the re-run finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_run_copy_job_makes_exactly_one_copy() {
+    let app = Arc::new(App::in_memory(Config::default()).await);
+    app.identity.bootstrap(Some("adminpw")).await.unwrap();
+    let project = app.identity.create_project("team").await.unwrap();
+    let user = app.identity.create_user("alice", "pw").await.unwrap();
+    app.identity
+        .assign_role(&named("alice"), &named("team"), Role::Member, true)
+        .await
+        .unwrap();
+    let router = ims_api::router(app.clone());
+    let token = issue_token(&router, "alice", "pw", "team").await;
+    let created = with_token(
+        &router,
+        &token,
+        "POST",
+        "/v2/images",
+        Some(json!({"name": "src", "disk_format": "raw", "container_format": "bare",
+                    "__os_version": "CentOS 7.9 64bit"})),
+    )
+    .await;
+    let source = created.json()["id"].as_str().unwrap().to_string();
+    let put = Request::put(format!("/v2/images/{source}/file"))
+        .header("x-auth-token", &token)
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(vec![7u8; 1 << 16]))
+        .unwrap();
+    assert_eq!(send(&router, put).await.status, StatusCode::NO_CONTENT);
+
+    // Two copy jobs, submitted while no worker runs; each names its target from the start.
+    let mut jobs = Vec::new();
+    for name in ["copy-finished", "copy-half-made"] {
+        let reply = with_token(
+            &router,
+            &token,
+            "POST",
+            &format!("/v1/cloudimages/{source}/copy"),
+            Some(json!({"name": name})),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let job_id = reply.json()["job_id"].as_str().unwrap().to_string();
+        let job = job_now(&router, &token, &project.id, &job_id).await;
+        assert_eq!(job["status"], "INIT", "{job}");
+        let target = job["entities"]["image_id"].as_str().unwrap().to_string();
+        jobs.push((name, job_id, target));
+    }
+    // The first job's earlier attempt did the whole copy and died before recording success…
+    let caller = ims_domain::Caller {
+        user_id: user.id.clone(),
+        project_id: project.id.clone(),
+        roles: [Role::Member].into_iter().collect(),
+    };
+    let (name, _, target) = &jobs[0];
+    let target_id = uuid::Uuid::parse_str(target).unwrap();
+    let source_id = uuid::Uuid::parse_str(&source).unwrap();
+    let made = app
+        .cloud_images
+        .copy_in_region(&caller, source_id, target_id, name, None, None)
+        .await
+        .unwrap();
+    assert_eq!(made.id, target_id);
+    // …the second's died right after creating the (still queued) record.
+    let (name, _, target) = &jobs[1];
+    let half = with_token(
+        &router,
+        &token,
+        "POST",
+        "/v2/images",
+        Some(json!({"id": target, "name": name, "disk_format": "raw",
+                    "container_format": "bare"})),
+    )
+    .await;
+    assert_eq!(half.status, StatusCode::CREATED, "{:?}", half.body);
+
+    let _workers = app.start_workers("copy-test");
+    for (name, job_id, target) in &jobs {
+        let job = wait_job(&router, &token, &project.id, job_id).await;
+        assert_eq!(job["status"], "SUCCESS", "{job}");
+        assert_eq!(job["entities"]["image_id"], target.as_str(), "{job}");
+        let listed = with_token(
+            &router,
+            &token,
+            "GET",
+            &format!("/v2/cloudimages?name={name}"),
+            None,
+        )
+        .await
+        .json();
+        let images = listed["images"].as_array().unwrap();
+        assert_eq!(images.len(), 1, "exactly one {name}: {listed}");
+        assert_eq!(images[0]["id"], target.as_str());
+        assert_eq!(images[0]["status"], "active");
+        assert_eq!(images[0]["__originalimagename"], source.as_str());
+    }
+    // Running a finished job's step again still names the same single copy.
+    let again = app
+        .cloud_images
+        .copy_in_region(&caller, source_id, target_id, "copy-finished", None, None)
+        .await
+        .unwrap();
+    assert_eq!(again.id, target_id);
+    let all = with_token(&router, &token, "GET", "/v2/cloudimages?__imagetype=private", None)
+        .await
+        .json();
+    assert_eq!(all["images"].as_array().unwrap().len(), 3, "{all}");
+}
+
+/// The job as it is now.
+async fn job_now(
+    router: &Router,
+    token: &str,
+    project: &str,
+    job_id: &str,
+) -> serde_json::Value {
+    with_token(router, token, "GET", &format!("/v1/{project}/jobs/{job_id}"), None)
+        .await
+        .json()
+}
+
+/// Cross-region copies submitted by earlier versions kept their IMS view in a job record (the
+/// queue job's payload held only the copy's parameters): the job queries still read it.
+#[tokio::test]
+async fn legacy_cross_region_job_records_stay_readable() {
+    let app = Arc::new(App::in_memory(Config::default()).await);
+    app.identity.bootstrap(Some("adminpw")).await.unwrap();
+    let project = app.identity.create_project("team").await.unwrap();
+    app.identity.create_user("alice", "pw").await.unwrap();
+    app.identity
+        .assign_role(&named("alice"), &named("team"), Role::Member, true)
+        .await
+        .unwrap();
+    let router = ims_api::router(app.clone());
+    let token = issue_token(&router, "alice", "pw", "team").await;
+    let now = time::OffsetDateTime::now_utc();
+    let mut old = ims_jobs::NewJob::new(
+        "ims.cross_region_copy",
+        &project.id,
+        json!({"source_image_id": uuid::Uuid::new_v4(), "target_image_id": uuid::Uuid::new_v4(),
+               "name": "old-copy", "description": null, "region": "region-b"}),
+    );
+    let id = uuid::Uuid::new_v4();
+    old.id = id;
+    app.cloud_images.jobs().submit(old, now).await.unwrap();
+    app.cloud
+        .put_job(&ims_meta::cloudimages::JobRecord {
+            id: id.simple().to_string(),
+            project_id: project.id.clone(),
+            job_type: "imsCrossRegionCopyImageJob".into(),
+            status: "FAIL".into(),
+            begin_time: now,
+            end_time: Some(now),
+            error_code: Some("NotFound".into()),
+            fail_reason: Some("The source image is no longer active.".into()),
+            entities: json!({"image_name": "old-copy"}).to_string(),
+        })
+        .await
+        .unwrap();
+    for uri in [
+        format!("/v1/{}/jobs/{}", project.id, id.simple()),
+        format!("/v1/cloudimages/job/{}", id.simple()),
+    ] {
+        let reply = with_token(&router, &token, "GET", &uri, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}: {:?}", reply.body);
+        let job = reply.json();
+        assert_eq!(job["status"], "FAIL", "{uri}: {job}");
+        assert_eq!(job["job_type"], "imsCrossRegionCopyImageJob", "{job}");
+        assert_eq!(job["fail_reason"], "The source image is no longer active.");
+        assert_eq!(job["entities"]["image_name"], "old-copy");
+    }
+}

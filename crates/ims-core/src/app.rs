@@ -131,7 +131,6 @@ impl App {
         let cross_region = Arc::new(CrossRegionService::new(
             images.clone(),
             jobs.clone(),
-            cloud.clone(),
             waker.clone(),
             config.region.clone(),
         )?);

@@ -100,7 +100,8 @@ pub struct CloudImageService {
     /// otherwise.
     buckets: Option<Arc<Buckets>>,
     conversion: Arc<ConversionService>,
-    /// Job records kept outside the queue's IMS kinds (cross-region copies).
+    /// IMS job records of cross-region copies submitted before they moved onto the queue: read
+    /// only, for those jobs' views.
     records: Arc<dyn CloudImageStore>,
 }
 
@@ -407,7 +408,7 @@ pub fn is_service_property(key: &str) -> bool {
 }
 
 impl CloudImageService {
-    /// Job records kept outside the queue's IMS kinds.
+    /// Legacy IMS job records (cross-region copies of earlier versions), read only.
     pub(crate) fn records(&self) -> &Arc<dyn CloudImageStore> {
         &self.records
     }
@@ -560,16 +561,34 @@ impl CloudImageService {
         self.images.owned(caller, id, "modify_image").await
     }
 
-    /// `copy_image_in_region`: a new image that shares the source's data (no byte is copied;
-    /// the blob is reference-counted by the images that name it).
+    /// `copy_image_in_region`: a new image `target_id` that shares the source's data (no byte is
+    /// copied; the blob is reference-counted by the images that name it). Idempotent: the job
+    /// fixes `target_id` before the first attempt, so a re-run after a crash finds the copy an
+    /// earlier attempt created (finished, or still `queued` without its data) instead of making
+    /// a second one.
     pub async fn copy_in_region(
         &self,
         caller: &Caller,
         source_id: uuid::Uuid,
+        target_id: uuid::Uuid,
         name: &str,
         description: Option<&str>,
         enterprise_project_id: Option<&str>,
     ) -> ServiceResult<Image> {
+        let earlier = self.images.meta.get_image(target_id).await?;
+        if let Some(copy) = &earlier {
+            if copy.status == ImageStatus::Deleted
+                || copy.owner.as_deref() != Some(caller.project_id.as_str())
+            {
+                return Err(ServiceError::conflict(format!(
+                    "Image {target_id} of this copy was deleted or belongs to another project."
+                )));
+            }
+            if copy.status != ImageStatus::Queued {
+                // An earlier attempt finished the copy and stopped before recording success.
+                return Ok(copy.clone());
+            }
+        }
         let source = self.images.get(caller, source_id).await?;
         if source.status != ImageStatus::Active {
             return Err(ServiceError::invalid("Only active images can be copied."));
@@ -583,28 +602,14 @@ impl CloudImageService {
         if image_type(caller, &source) == "market" {
             return Err(ServiceError::forbidden("Market images cannot be copied."));
         }
-        self.check_quota(caller).await?;
-        use crate::patch::AttrValue;
-        let attrs = vec![
-            ("name".to_string(), AttrValue::Str(name.to_string())),
-            (
-                "disk_format".to_string(),
-                AttrValue::Str(source.disk_format.clone().unwrap_or_else(|| "raw".into())),
-            ),
-            (
-                "container_format".to_string(),
-                AttrValue::Str(
-                    source
-                        .container_format
-                        .clone()
-                        .unwrap_or_else(|| "bare".into()),
-                ),
-            ),
-            ("visibility".to_string(), AttrValue::Str("private".into())),
-            ("min_disk".to_string(), AttrValue::Int(source.min_disk)),
-            ("min_ram".to_string(), AttrValue::Int(source.min_ram)),
-        ];
-        let copy = self.images.create(caller, &attrs).await?;
+        let copy = match earlier {
+            Some(copy) => copy,
+            None => {
+                self.check_quota(caller).await?;
+                self.create_copy_record(caller, &source, target_id, name)
+                    .await?
+            }
+        };
         let mut properties = source.properties.clone();
         properties.insert("__imagetype".into(), "private".into());
         properties.insert("__originalimagename".into(), source.id.to_string());
@@ -628,6 +633,38 @@ impl CloudImageService {
                 Ok(())
             })
             .await
+    }
+
+    /// The `queued` record of an in-region copy, with the source's formats and requirements.
+    async fn create_copy_record(
+        &self,
+        caller: &Caller,
+        source: &Image,
+        target_id: uuid::Uuid,
+        name: &str,
+    ) -> ServiceResult<Image> {
+        use crate::patch::AttrValue;
+        let attrs = vec![
+            ("id".to_string(), AttrValue::Str(target_id.to_string())),
+            ("name".to_string(), AttrValue::Str(name.to_string())),
+            (
+                "disk_format".to_string(),
+                AttrValue::Str(source.disk_format.clone().unwrap_or_else(|| "raw".into())),
+            ),
+            (
+                "container_format".to_string(),
+                AttrValue::Str(
+                    source
+                        .container_format
+                        .clone()
+                        .unwrap_or_else(|| "bare".into()),
+                ),
+            ),
+            ("visibility".to_string(), AttrValue::Str("private".into())),
+            ("min_disk".to_string(), AttrValue::Int(source.min_disk)),
+            ("min_ram".to_string(), AttrValue::Int(source.min_ram)),
+        ];
+        self.images.create(caller, &attrs).await
     }
 
     /// Applies an IMS member batch for one image; returns the per-project results.

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::cloudimages::{CloudImageService, JobStatus};
+use crate::cross_region::{CROSS_REGION_JOB_KIND, CROSS_REGION_JOB_TYPE};
 use crate::error::{ServiceError, ServiceResult};
 
 /// Attempts of an IMS job: a crash is resumed twice more, then the job fails.
@@ -142,6 +143,11 @@ fn status_of(job: &Job) -> JobStatus {
     }
 }
 
+/// Whether a queue kind is an IMS job the job queries show.
+fn is_ims_kind(kind: &str) -> bool {
+    ImsJobKind::parse(kind).is_some() || kind == CROSS_REGION_JOB_KIND
+}
+
 /// The IMS view of a queue job.
 pub fn job_view(job: &Job, sub_jobs: Vec<JobView>) -> JobView {
     let status = status_of(job);
@@ -170,7 +176,11 @@ pub fn job_view(job: &Job, sub_jobs: Vec<JobView>) -> JobView {
         id: job.id.simple().to_string(),
         job_type: job.payload["job_type"]
             .as_str()
-            .unwrap_or(job.kind.as_str())
+            .unwrap_or(if job.kind == CROSS_REGION_JOB_KIND {
+                CROSS_REGION_JOB_TYPE
+            } else {
+                job.kind.as_str()
+            })
             .to_string(),
         status,
         begin_time: job.created_at,
@@ -185,7 +195,7 @@ pub fn job_view(job: &Job, sub_jobs: Vec<JobView>) -> JobView {
     }
 }
 
-/// The IMS view of a job kept as a record (cross-region copies).
+/// The IMS view of a legacy job record (cross-region copies submitted by earlier versions).
 pub fn record_view(record: &JobRecord) -> JobView {
     let status = match record.status.as_str() {
         "RUNNING" => JobStatus::Running,
@@ -264,19 +274,26 @@ impl CloudImageService {
             .get(uuid)
             .await
             .map_err(|e| ServiceError::internal("reading a job", &e))?
-            .filter(|j| ImsJobKind::parse(&j.kind).is_some())
+            .filter(|j| is_ims_kind(&j.kind))
             .filter(|j| j.project == caller.project_id || caller.is_admin());
-        let Some(job) = job else {
-            // Cross-region copies keep their IMS record in the cloud-image store.
+        let legacy = job
+            .as_ref()
+            .is_none_or(|j| j.kind == CROSS_REGION_JOB_KIND && j.payload.get("job_type").is_none());
+        if legacy {
+            // A cross-region copy submitted before those jobs' views moved onto the queue (its
+            // queue job possibly expired since): its IMS record, never written again, has the
+            // state it ended in.
             let record = self
                 .records()
                 .get_job(&uuid.simple().to_string())
                 .await
                 .map_err(|e| ServiceError::internal("reading a job record", &e))?
-                .filter(|r| r.project_id == caller.project_id || caller.is_admin())
-                .ok_or_else(missing)?;
-            return Ok(record_view(&record));
-        };
+                .filter(|r| r.project_id == caller.project_id || caller.is_admin());
+            if let Some(record) = record {
+                return Ok(record_view(&record));
+            }
+        }
+        let job = job.ok_or_else(missing)?;
         let filter = JobFilter {
             parent_id: Some(uuid),
             limit: Some(MAX_SUB_JOBS),
@@ -346,11 +363,12 @@ impl ImsJobHandler {
             }
             ImsJobKind::CopyInRegion => {
                 let source = parse_uuid(&params["source_id"])?;
+                let target = copy_target(ctx, params).await?;
                 let name = params["name"].as_str().unwrap_or_default();
                 let description = params["description"].as_str();
                 let enterprise_project = params["enterprise_project_id"].as_str();
                 let copy = service
-                    .copy_in_region(caller, source, name, description, enterprise_project)
+                    .copy_in_region(caller, source, target, name, description, enterprise_project)
                     .await?;
                 Ok(json!({ "image_id": copy.id.to_string() }))
             }
@@ -358,6 +376,24 @@ impl ImsJobHandler {
             ImsJobKind::ExportToBucket => service.run_bucket_export(ctx, caller, params).await,
         }
     }
+}
+
+/// The id of an in-region copy: fixed in the payload at submission. A job submitted before
+/// that was so gets one on its first run, saved in its state before the copy is created, so a
+/// re-run after a crash finds the copy instead of making another.
+async fn copy_target(ctx: &JobContext, params: &Value) -> ServiceResult<uuid::Uuid> {
+    if let Some(id) = params.get("target_id").filter(|v| !v.is_null()) {
+        return parse_uuid(id);
+    }
+    let saved = ctx.job().state.as_ref().and_then(|s| s.get("target_id"));
+    if let Some(id) = saved {
+        return parse_uuid(id);
+    }
+    let id = uuid::Uuid::new_v4();
+    ctx.save_state(json!({ "target_id": id.to_string() }))
+        .await
+        .map_err(|e| ServiceError::new(ErrorKind::Conflict, e.to_string()))?;
+    Ok(id)
 }
 
 fn strings(value: &Value) -> Vec<String> {

@@ -9,6 +9,11 @@
 //! (`UNSIGNED-PAYLOAD`, so nothing is buffered), and sends the MD5 and SHA-512 it expects, which
 //! the peer checks as the data arrives. A resumed job finds the target by its id and carries on:
 //! a queued target gets the data, an active one is only verified.
+//!
+//! The job's payload carries `job_type` and `entities` like every IMS job's (`cloudjobs.rs`), and
+//! a failure saves its `error_kind`, so both job queries read it from the queue as they read the
+//! others. Copies submitted by earlier versions also have an IMS record in the cloud-image store;
+//! the job queries still read those (see `CloudImageService::job`), nothing writes them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +25,10 @@ use ims_blob::s3conf::Secret;
 use ims_domain::{Caller, ErrorKind, Image, ImageStatus};
 use ims_jobs::runner::{JobContext, JobFailure, JobHandler, Waker};
 use ims_jobs::{JobStore, NewJob};
-use ims_meta::cloudimages::{CloudImageStore, JobRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cloudimages::{JobStatus, is_service_property};
+use crate::cloudimages::is_service_property;
 use crate::config::{PeerRegion, RegionConfig};
 use crate::error::{ServiceError, ServiceResult};
 use crate::images::ImageService;
@@ -376,7 +380,6 @@ fn peer_message(text: &[u8]) -> String {
 pub struct CrossRegionService {
     images: Arc<ImageService>,
     jobs: Arc<dyn JobStore>,
-    records: Arc<dyn CloudImageStore>,
     waker: Waker,
     region: RegionConfig,
     peers: Vec<Arc<PeerClient>>,
@@ -387,7 +390,6 @@ impl CrossRegionService {
     pub fn new(
         images: Arc<ImageService>,
         jobs: Arc<dyn JobStore>,
-        records: Arc<dyn CloudImageStore>,
         waker: Waker,
         region: RegionConfig,
     ) -> ServiceResult<CrossRegionService> {
@@ -405,7 +407,6 @@ impl CrossRegionService {
         Ok(CrossRegionService {
             images,
             jobs,
-            records,
             waker,
             region,
             peers,
@@ -473,24 +474,14 @@ impl CrossRegionService {
         payload: &CopyPayload,
         request_id: Option<String>,
     ) -> ServiceResult<()> {
-        let record = JobRecord {
-            id: job_id.simple().to_string(),
-            project_id: caller.project_id.clone(),
-            job_type: CROSS_REGION_JOB_TYPE.into(),
-            status: JobStatus::Init.as_str().into(),
-            begin_time: ims_domain::now(),
-            end_time: None,
-            error_code: None,
-            fail_reason: None,
-            entities: json!({"image_name": payload.name}).to_string(),
-        };
-        self.records.put_job(&record).await?;
-        let mut job = NewJob::new(
-            CROSS_REGION_JOB_KIND,
-            &caller.project_id,
-            serde_json::to_value(payload)
-                .map_err(|e| ServiceError::internal("encoding the copy job", &e))?,
-        );
+        // The copy's parameters, plus what the job queries show (as every IMS job's payload).
+        let mut body = serde_json::to_value(payload)
+            .map_err(|e| ServiceError::internal("encoding the copy job", &e))?;
+        if let Some(map) = body.as_object_mut() {
+            map.insert("job_type".into(), CROSS_REGION_JOB_TYPE.into());
+            map.insert("entities".into(), json!({"image_name": payload.name}));
+        }
+        let mut job = NewJob::new(CROSS_REGION_JOB_KIND, &caller.project_id, body);
         job.id = job_id;
         job.user_id = Some(caller.user_id.clone());
         job.image_id = Some(payload.source_image_id);
@@ -584,39 +575,6 @@ impl CrossRegionService {
         Arc::new(CopyHandler {
             service: self.clone(),
         })
-    }
-
-    async fn set_record(
-        &self,
-        job_id: uuid::Uuid,
-        status: JobStatus,
-        outcome: Option<&JobOutcome>,
-    ) {
-        let id = job_id.simple().to_string();
-        let Ok(Some(mut record)) = self.records.get_job(&id).await else {
-            tracing::warn!(job_id = %id, "the IMS record of a copy job is missing");
-            return;
-        };
-        record.status = status.as_str().into();
-        match outcome {
-            Some(Ok(entities)) => {
-                let mut merged: Value = serde_json::from_str(&record.entities).unwrap_or(json!({}));
-                if let (Some(m), Value::Object(extra)) = (merged.as_object_mut(), entities) {
-                    m.extend(extra.clone());
-                }
-                record.entities = merged.to_string();
-                record.end_time = Some(ims_domain::now());
-            }
-            Some(Err((kind, reason))) => {
-                record.error_code = Some(format!("{kind:?}"));
-                record.fail_reason = Some(reason.clone());
-                record.end_time = Some(ims_domain::now());
-            }
-            None => {}
-        }
-        if let Err(e) = self.records.put_job(&record).await {
-            tracing::warn!(job_id = %id, error = %e, "recording the copy job's state failed");
-        }
     }
 
     /// One run of a copy job; resumable at every step.
@@ -797,9 +755,6 @@ impl From<PeerError> for StepError {
     }
 }
 
-/// A copy's end for the IMS record: entities, or the failed kind and reason.
-type JobOutcome = Result<Value, (ErrorKind, String)>;
-
 struct CopyHandler {
     service: Arc<CrossRegionService>,
 }
@@ -811,7 +766,6 @@ impl JobHandler for CopyHandler {
         let payload: CopyPayload = serde_json::from_value(job.payload.clone())
             .map_err(|e| JobFailure::Fatal(format!("the job's payload is invalid: {e}")))?;
         let service = &self.service;
-        service.set_record(job.id, JobStatus::Running, None).await;
         let outcome = match service.copy(&payload).await {
             Ok(entities) => Ok(entities),
             // The last attempt's transient failure is final.
@@ -823,19 +777,15 @@ impl JobHandler for CopyHandler {
             Err(StepError::Fatal(kind, reason)) => Err((kind, reason)),
         };
         service.unlock(payload.source_image_id, job.id).await;
-        match &outcome {
-            Ok(_) => {
-                service
-                    .set_record(job.id, JobStatus::Success, Some(&outcome))
-                    .await
-            }
-            Err((_, reason)) => {
+        match outcome {
+            Ok(entities) => Ok(entities),
+            Err((kind, reason)) => {
                 tracing::warn!(reason, "cross-region copy failed");
-                service
-                    .set_record(job.id, JobStatus::Fail, Some(&outcome))
-                    .await
+                // The kind the job queries map to an IMS error code, as for every IMS job.
+                ctx.save_state(json!({ "error_kind": format!("{kind:?}") }))
+                    .await?;
+                Err(JobFailure::Fatal(reason))
             }
         }
-        outcome.map_err(|(_, reason)| JobFailure::Fatal(reason))
     }
 }

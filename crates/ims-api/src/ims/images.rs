@@ -743,12 +743,15 @@ pub async fn copy_in_region(
         return Err(invalid("Only active images can be copied."));
     }
     cloud.check_quota(&caller).await?;
+    // Fixed before the job runs, so a re-run after a crash finds the copy it made.
+    let target = uuid::Uuid::new_v4();
     let job = ImsJob {
         kind: ImsJobKind::CopyInRegion,
         job_type: "imsCopyImageInRegionJob",
-        entities: json!({"image_name": body.name}),
+        entities: json!({"image_name": body.name, "image_id": target.to_string()}),
         params: json!({
             "source_id": id.to_string(),
+            "target_id": target.to_string(),
             "name": body.name,
             "description": body.description,
             "enterprise_project_id": body.enterprise_project_id,

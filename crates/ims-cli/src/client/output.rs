@@ -129,17 +129,18 @@ const LIST_LONG_COLUMNS: &[(&str, &str)] = &[
     ("Project", "owner"),
     ("Tags", "tags"),
 ];
-/// The CSV column set; headers are the attribute names so the output feeds scripts directly.
-const LIST_CSV_COLUMNS: &[&str] = &[
-    "id",
-    "name",
-    "status",
-    "visibility",
-    "disk_format",
-    "container_format",
-    "size",
-    "owner",
-    "created_at",
+/// The CSV columns: the console's image list export, as `GET /v2/cloudimages/export.csv`
+/// writes it (ims-api `ims/images.rs`), so a file from either opens the same way.
+pub const LIST_CSV_COLUMNS: &[&str] = &[
+    "Name",
+    "ID",
+    "Status",
+    "OS Type",
+    "OS",
+    "Image Type",
+    "Disk Capacity (GB)",
+    "Encrypted",
+    "Created At",
 ];
 
 fn columns_table(objects: &[Value], columns: &[(&str, &str)]) -> Table {
@@ -168,8 +169,45 @@ pub fn image_list_table(images: &[Value], long: bool) -> Table {
 }
 
 pub fn image_list_csv(images: &[Value]) -> Table {
-    let columns: Vec<(&str, &str)> = LIST_CSV_COLUMNS.iter().map(|c| (*c, *c)).collect();
-    columns_table(images, &columns)
+    let mut table = Table::new(LIST_CSV_COLUMNS);
+    table.rows = images.iter().map(console_row).collect();
+    table
+}
+
+/// One image (Glance JSON, whose IMS `__*` properties are top-level attributes) as a row of
+/// [`LIST_CSV_COLUMNS`], with the console's image-type names.
+fn console_row(image: &Value) -> Vec<String> {
+    let text = |key: &str| cell(image.get(key));
+    let image_type = if image.get("__backup_id").is_some() {
+        "Full-ECS image"
+    } else {
+        match image.get("virtual_env_type").and_then(Value::as_str) {
+            Some("Ironic") => "BMS system disk image",
+            Some("DataImage") => "ECS data disk image",
+            Some("IsoImage") => "ISO image",
+            _ => "ECS system disk image",
+        }
+    };
+    let encrypted = if image.get("__system__cmkid").is_some() {
+        "Yes"
+    } else {
+        "No"
+    };
+    let min_disk = match image.get("min_disk") {
+        None | Some(Value::Null) => "0".to_owned(),
+        value => cell(value),
+    };
+    vec![
+        text("name"),
+        text("id"),
+        text("status"),
+        text("__os_type"),
+        text("__os_version"),
+        image_type.to_owned(),
+        min_disk,
+        encrypted.to_owned(),
+        text("created_at"),
+    ]
 }
 
 pub fn members_table(members: &[Value]) -> Table {
@@ -274,14 +312,19 @@ mod tests {
     }
 
     #[test]
-    fn csv_list_has_the_agreed_columns() {
-        let image = json!({"id": "i", "name": "n", "status": "active", "visibility": "shared",
-            "disk_format": "raw", "container_format": "bare", "size": 5, "owner": "p",
+    fn csv_list_has_the_console_columns() {
+        let image = json!({"id": "i", "name": "n, with comma", "status": "active",
+            "visibility": "shared", "disk_format": "raw", "min_disk": 40,
+            "__os_type": "Linux", "__os_version": "CentOS 7.9 64bit",
+            "virtual_env_type": "DataImage", "__system__cmkid": "k",
             "created_at": "2026-01-01T00:00:00Z", "tags": []});
+        let bare = json!({"id": "j", "name": "m", "status": "queued", "min_disk": 0,
+            "created_at": "2026-01-02T00:00:00Z"});
         assert_eq!(
-            image_list_csv(&[image]).render_csv(),
-            "id,name,status,visibility,disk_format,container_format,size,owner,created_at\n\
-             i,n,active,shared,raw,bare,5,p,2026-01-01T00:00:00Z\n"
+            image_list_csv(&[image, bare]).render_csv(),
+            "Name,ID,Status,OS Type,OS,Image Type,Disk Capacity (GB),Encrypted,Created At\n\
+             \"n, with comma\",i,active,Linux,CentOS 7.9 64bit,ECS data disk image,40,Yes,2026-01-01T00:00:00Z\n\
+             m,j,queued,,,ECS system disk image,0,No,2026-01-02T00:00:00Z\n"
         );
     }
 
