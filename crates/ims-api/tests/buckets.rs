@@ -124,9 +124,13 @@ fn assert_same_content(raw: &Path, file: &Path, format: Format) {
     assert!(disk.virtual_size() >= source.len() as u64, "{format}");
     let mut content = vec![0u8; source.len()];
     disk.read_at(0, &mut content).unwrap();
-    assert!(content == source, "{format}: the exported disk differs from the source");
+    assert!(
+        content == source,
+        "{format}: the exported disk differs from the source"
+    );
     if matches!(format, Format::Zvhd | Format::Zvhd2) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ims-diskfmt/tests/zvhd_check.py");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../ims-diskfmt/tests/zvhd_check.py");
         let out = Command::new("python3")
             .arg(script)
             .arg(file)
@@ -265,7 +269,11 @@ async fn bucket_import_and_export_round_trip_through_garage() {
     for format in [Format::Zvhd, Format::Zvhd2] {
         let out_object = format!("{prefix}/out.{format}");
         let job = client
-            .export(&image_id, &format!("{bucket}:{out_object}"), format.as_str())
+            .export(
+                &image_id,
+                &format!("{bucket}:{out_object}"),
+                format.as_str(),
+            )
             .await;
         assert_eq!(job["status"], "SUCCESS", "{format}: {job}");
         let file = dir.path().join(format!("exported.{format}"));
@@ -371,8 +379,10 @@ async fn an_export_cut_by_a_restart_resumes_and_leaves_no_garbage() {
         .call(
             "POST",
             "/v2/images",
-            Some(json!({"name": "big", "disk_format": "raw", "container_format": "bare",
-                        "__os_version": "CentOS 7.9 64bit"})),
+            Some(
+                json!({"name": "big", "disk_format": "raw", "container_format": "bare",
+                        "__os_version": "CentOS 7.9 64bit"}),
+            ),
         )
         .await;
     let image_id = created.json()["id"].as_str().unwrap().to_string();
@@ -381,7 +391,10 @@ async fn an_export_cut_by_a_restart_resumes_and_leaves_no_garbage() {
         .header("content-type", "application/octet-stream")
         .body(Body::from(data))
         .unwrap();
-    assert_eq!(send(&client.router, put).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        send(&client.router, put).await.status,
+        StatusCode::NO_CONTENT
+    );
 
     let object = format!("restart-test-{}/big.zvhd2", uuid::Uuid::new_v4().simple());
     let jobs = app.cloud_images.jobs().clone();
@@ -415,7 +428,11 @@ async fn an_export_cut_by_a_restart_resumes_and_leaves_no_garbage() {
     drop((client, app, jobs));
 
     let (app, client) = open_node(&config, false).await;
-    assert_eq!(work_files(&work_dir), Vec::<String>::new(), "the start-up sweep");
+    assert_eq!(
+        work_files(&work_dir),
+        Vec::<String>::new(),
+        "the start-up sweep"
+    );
     let _second = app.runner(fast_runner("node-b")).start();
     let job = client.wait_job(&job_id).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
@@ -424,5 +441,9 @@ async fn an_export_cut_by_a_restart_resumes_and_leaves_no_garbage() {
     let file = dir.path().join("resumed.zvhd2");
     std::fs::write(&file, read_object(&buckets, &bucket, &object).await).unwrap();
     assert_same_content(&raw, &file, Format::Zvhd2);
-    assert_eq!(work_files(&work_dir), Vec::<String>::new(), "no work file left");
+    assert_eq!(
+        work_files(&work_dir),
+        Vec::<String>::new(),
+        "no work file left"
+    );
 }

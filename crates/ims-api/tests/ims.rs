@@ -457,9 +457,15 @@ async fn with_token(
 /// Polls an IMS job until it ends.
 async fn wait_job(router: &Router, token: &str, project: &str, job_id: &str) -> serde_json::Value {
     for _ in 0..300 {
-        let job = with_token(router, token, "GET", &format!("/v1/{project}/jobs/{job_id}"), None)
-            .await
-            .json();
+        let job = with_token(
+            router,
+            token,
+            "GET",
+            &format!("/v1/{project}/jobs/{job_id}"),
+            None,
+        )
+        .await
+        .json();
         if job["status"] == "SUCCESS" || job["status"] == "FAIL" {
             return job;
         }
@@ -488,8 +494,10 @@ async fn a_re_run_copy_job_makes_exactly_one_copy() {
         &token,
         "POST",
         "/v2/images",
-        Some(json!({"name": "src", "disk_format": "raw", "container_format": "bare",
-                    "__os_version": "CentOS 7.9 64bit"})),
+        Some(
+            json!({"name": "src", "disk_format": "raw", "container_format": "bare",
+                    "__os_version": "CentOS 7.9 64bit"}),
+        ),
     )
     .await;
     let source = created.json()["id"].as_str().unwrap().to_string();
@@ -573,22 +581,29 @@ async fn a_re_run_copy_job_makes_exactly_one_copy() {
         .await
         .unwrap();
     assert_eq!(again.id, target_id);
-    let all = with_token(&router, &token, "GET", "/v2/cloudimages?__imagetype=private", None)
-        .await
-        .json();
+    let all = with_token(
+        &router,
+        &token,
+        "GET",
+        "/v2/cloudimages?__imagetype=private",
+        None,
+    )
+    .await
+    .json();
     assert_eq!(all["images"].as_array().unwrap().len(), 3, "{all}");
 }
 
 /// The job as it is now.
-async fn job_now(
-    router: &Router,
-    token: &str,
-    project: &str,
-    job_id: &str,
-) -> serde_json::Value {
-    with_token(router, token, "GET", &format!("/v1/{project}/jobs/{job_id}"), None)
-        .await
-        .json()
+async fn job_now(router: &Router, token: &str, project: &str, job_id: &str) -> serde_json::Value {
+    with_token(
+        router,
+        token,
+        "GET",
+        &format!("/v1/{project}/jobs/{job_id}"),
+        None,
+    )
+    .await
+    .json()
 }
 
 /// Cross-region copies submitted by earlier versions kept their IMS view in a job record (the

@@ -368,7 +368,14 @@ impl ImsJobHandler {
                 let description = params["description"].as_str();
                 let enterprise_project = params["enterprise_project_id"].as_str();
                 let copy = service
-                    .copy_in_region(caller, source, target, name, description, enterprise_project)
+                    .copy_in_region(
+                        caller,
+                        source,
+                        target,
+                        name,
+                        description,
+                        enterprise_project,
+                    )
                     .await?;
                 Ok(json!({ "image_id": copy.id.to_string() }))
             }

@@ -559,11 +559,12 @@ fn apply_store_env(
             .apply_env("IMS_STORE_S3_", env)
             .map_err(ConfigError::S3Env)?;
     }
+    let from_file = config.buckets.is_some();
     let mut buckets = config.buckets.take().unwrap_or_default();
     let set = buckets
         .apply_env("IMS_BUCKETS_S3_", env)
         .map_err(ConfigError::S3Env)?;
-    if set || config.buckets.is_some() {
+    if set || from_file {
         config.buckets = Some(buckets);
     }
     Ok(())
@@ -949,5 +950,16 @@ mod tests {
         );
         let env = |k: &str| (k == "IMS_STORE_KIND").then(|| "nfs".to_string());
         assert!(Config::load_with(None, &env).is_err());
+
+        // `[buckets]` from the file alone (no IMS_BUCKETS_S3_* set) is kept.
+        std::fs::write(
+            &path,
+            "[buckets]\nendpoint = \"http://127.0.0.1:3901\"\nallow_http = true\n",
+        )
+        .unwrap();
+        let c = Config::load_with(Some(&path), &|_| None).unwrap();
+        let buckets = c.buckets.expect("[buckets] from the file");
+        assert_eq!(buckets.endpoint.as_deref(), Some("http://127.0.0.1:3901"));
+        assert!(buckets.allow_http);
     }
 }
