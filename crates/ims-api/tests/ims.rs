@@ -657,3 +657,53 @@ async fn legacy_cross_region_job_records_stay_readable() {
         assert_eq!(job["entities"]["image_name"], "old-copy");
     }
 }
+
+/// Without `[buckets]`, bucket jobs start (input checked first) and end FAIL naming the missing
+/// object storage, with the unavailable code; a failed import leaves no image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_jobs_fail_without_object_storage() {
+    let app = Arc::new(App::in_memory(Config::default()).await);
+    app.identity.bootstrap(Some("adminpw")).await.unwrap();
+    let project = app.identity.create_project("team").await.unwrap();
+    app.identity.create_user("alice", "pw").await.unwrap();
+    app.identity
+        .assign_role(&named("alice"), &named("team"), Role::Member, true)
+        .await
+        .unwrap();
+    let _workers = app.start_workers("no-buckets");
+    let router = ims_api::router(app.clone());
+    let token = issue_token(&router, "alice", "pw", "team").await;
+    let reply = with_token(
+        &router,
+        &token,
+        "POST",
+        "/v2/cloudimages/action",
+        Some(
+            json!({"name": "from-bucket", "image_url": "images:disk.qcow2", "min_disk": 40,
+                    "os_version": "CentOS 7.9 64bit"}),
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let job_id = reply.json()["job_id"].as_str().unwrap().to_string();
+    let job = wait_job(&router, &token, &project.id, &job_id).await;
+    assert_eq!(job["status"], "FAIL", "{job}");
+    assert_eq!(job["error_code"], "IMG.0503", "{job}");
+    assert!(
+        job["fail_reason"]
+            .as_str()
+            .unwrap()
+            .contains("Object storage is not configured"),
+        "{job}"
+    );
+    let listed = with_token(
+        &router,
+        &token,
+        "GET",
+        "/v2/cloudimages?name=from-bucket",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(listed["images"], json!([]), "{listed}");
+}
