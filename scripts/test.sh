@@ -399,6 +399,17 @@ kind = "local"
 path = "$WORK/data/stores/fs2"
 description = "secondary"
 weight = 50
+
+# Glance's read-only http store (web:http): external locations (v2.17 location API).
+[[stores]]
+id = "web"
+kind = "http"
+description = "external http locations"
+
+[locations]
+show_multiple_locations = true
+show_image_direct_url = true
+do_secure_hash = true
 TOML
   # The second node waits for the first (which creates and migrates the database); the
   # first node's catalog names the second as `image_remote` through the port chosen up front.

@@ -1,5 +1,6 @@
 """Multiple stores through the real clients: the server scripts/test.sh starts has two local
-stores, `fs` (weight 100, default) and `fs2` (weight 50).
+stores, `fs` (weight 100, default) and `fs2` (weight 50), and the read-only http store `web`
+(image locations).
 
 glanceclient lists them (`glance stores-info`), uploads into a chosen one
 (`glance image-create --store`), copies an active image to another (`glance image-import
@@ -78,9 +79,10 @@ def assert_reads_back(image_id, source, tmp_path):
 def test_store_listing_by_glanceclient_and_openstackclient():
     listed = json.loads(run("openstack", "image", "stores", "list", "-f", "json").stdout)
     ids = [s.get("ID") or s.get("id") for s in listed]
-    assert ids == ["fs", "fs2"], listed
+    assert ids == ["fs", "fs2", "web"], listed
     text = run("glance", "stores-info").stdout
     assert '"id": "fs"' in text and '"id": "fs2"' in text and '"default": "true"' in text, text
+    assert '"read-only": "true"' in text, text
 
 
 def test_upload_to_a_store_copy_image_and_delete_from_store(small, admin_env, tmp_path):
@@ -113,7 +115,7 @@ def test_openstacksdk_imports_into_a_chosen_store(small, tmp_path):
 
     conn = openstack.connect()
     stores = [s.id for s in conn.image.stores()]
-    assert stores == ["fs", "fs2"]
+    assert stores == ["fs", "fs2", "web"]
     image = conn.image.create_image(
         name=unique_name("sdk-store"), filename=str(small), disk_format="raw",
         container_format="bare", use_import=True, stores=["fs2"], wait=True, timeout=WAIT_SECS)

@@ -110,7 +110,8 @@ def main():
 
     problems = []
     for cls in required:
-        tests = {n: s for n, s in results.items() if n.rsplit(".", 1)[0] == cls}
+        # A line names a class (every test of it) or one test.
+        tests = {n: s for n, s in results.items() if cls in (n, n.rsplit(".", 1)[0])}
         if not tests:
             problems.append(f"{cls}: no test of this class ran")
             continue

@@ -2,11 +2,14 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use ims_core::images::parse_image_id;
+use ims_core::locations::{
+    HASH_ALGOS, LocationPatch, LocationValue, MAX_LOCATION_URL, ValidationData,
+};
 use ims_core::patch::{PatchDialect, PatchKind, PatchOp};
 use ims_core::upload::{EXPECTED_MD5_HEADER, EXPECTED_SHA512_HEADER, ExpectedHashes};
 use ims_domain::ErrorKind;
@@ -15,9 +18,9 @@ use serde_json::{Value, json};
 use crate::SharedState;
 use crate::body::{content_type, read_json, read_json_object};
 use crate::error::{ApiError, ApiResult};
-use crate::json::{ImageBody, attr_value, image_json};
+use crate::json::{ImageBody, attr_value, glance_image_json};
 use crate::list::{page_links, parse_list_query};
-use crate::middleware::Authed;
+use crate::middleware::{Authed, RequestId};
 
 const PATCH_V20: &str = "application/openstack-images-v2.0-json-patch";
 const PATCH_V21: &str = "application/openstack-images-v2.1-json-patch";
@@ -55,7 +58,7 @@ pub async fn list(
             .iter()
             .map(|image| ImageBody {
                 image,
-                show_stores: state.multi_store(),
+                view: state.image_view(),
             })
             .collect(),
         first,
@@ -85,7 +88,7 @@ pub async fn create(
     let location = format!("{}/v2/images/{}", state.public_url, image.id);
     let mut response = (
         StatusCode::CREATED,
-        Json(image_json(&image, state.multi_store())),
+        Json(glance_image_json(&image, state.image_view())),
     )
         .into_response();
     let headers = response.headers_mut();
@@ -112,7 +115,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let image = state.app.images.get(&caller, parse_image_id(&id)?).await?;
-    Ok(Json(image_json(&image, state.multi_store())))
+    Ok(Json(glance_image_json(&image, state.image_view())))
 }
 
 /// Unescapes a JSON pointer with exactly one segment (`/name`, `/a~1b`).
@@ -126,6 +129,108 @@ fn pointer_attr(path: &str) -> ApiResult<String> {
         return Err(invalid());
     }
     Ok(rest.replace("~1", "/").replace("~0", "~"))
+}
+
+fn schema_error(what: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(format!(
+        "Provided object does not match schema 'image': {what}"
+    ))
+}
+
+/// An op on `/locations` (replace, depth 1) or `/locations/<n|->` (add and remove, depth 2),
+/// with its value checked against the `locations` item schema; `None` for other paths.
+fn location_op(
+    kind: PatchKind,
+    path: &str,
+    value: Option<&Value>,
+) -> ApiResult<Option<LocationPatch>> {
+    let Some(rest) = path.strip_prefix("/locations") else {
+        return Ok(None);
+    };
+    let position = match (rest.strip_prefix('/'), rest.is_empty()) {
+        (None, true) => None,
+        (Some(segment), _) if !segment.contains('/') => Some(segment.to_owned()),
+        _ => return Ok(None),
+    };
+    let invalid = || ApiError::invalid(format!("Invalid JSON pointer for this resource: '{path}'"));
+    let values = match (kind, &position) {
+        (PatchKind::Replace, None) => {
+            let Some(Value::Array(items)) = value else {
+                return Err(schema_error("'locations' must be an array"));
+            };
+            items
+                .iter()
+                .map(location_value)
+                .collect::<ApiResult<Vec<_>>>()?
+        }
+        (PatchKind::Add, Some(_)) => vec![location_value(value.unwrap_or(&Value::Null))?],
+        (PatchKind::Remove, Some(_)) => Vec::new(),
+        _ => return Err(invalid()),
+    };
+    Ok(Some(LocationPatch { position, values }))
+}
+
+/// One item of `locations`: `url` (≤ 255), `metadata` (an object), optional
+/// `validation_data` (`checksum` of 32, `os_hash_algo` ≤ 64 and `os_hash_value` ≤ 128, the
+/// last two required; nothing else).
+fn location_value(value: &Value) -> ApiResult<LocationValue> {
+    let Value::Object(obj) = value else {
+        return Err(schema_error("a location must be an object"));
+    };
+    let url = match obj.get("url") {
+        Some(Value::String(url)) if url.chars().count() <= MAX_LOCATION_URL => url.clone(),
+        Some(Value::String(_)) => {
+            return Err(schema_error(format!(
+                "'url' is longer than {MAX_LOCATION_URL} characters"
+            )));
+        }
+        _ => return Err(schema_error("'url' is a required string")),
+    };
+    let metadata = match obj.get("metadata") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => return Err(schema_error("'metadata' is a required object")),
+    };
+    let validation = match obj.get("validation_data") {
+        None => None,
+        Some(Value::Object(v)) => {
+            let text = |key: &str, min: usize, max: usize| -> ApiResult<Option<String>> {
+                match v.get(key) {
+                    None => Ok(None),
+                    Some(Value::String(s)) if (min..=max).contains(&s.chars().count()) => {
+                        Ok(Some(s.clone()))
+                    }
+                    Some(_) => Err(schema_error(format!(
+                        "'{key}' must be a string of {min} to {max} characters"
+                    ))),
+                }
+            };
+            if let Some(key) = v
+                .keys()
+                .find(|k| !["checksum", "os_hash_algo", "os_hash_value"].contains(&k.as_str()))
+            {
+                return Err(schema_error(format!(
+                    "Additional properties are not allowed ('{key}' was unexpected)"
+                )));
+            }
+            let data = ValidationData {
+                checksum: text("checksum", 32, 32)?,
+                os_hash_algo: text("os_hash_algo", 0, 64)?,
+                os_hash_value: text("os_hash_value", 0, 128)?,
+            };
+            if data.os_hash_algo.is_none() || data.os_hash_value.is_none() {
+                return Err(schema_error(
+                    "'os_hash_algo' and 'os_hash_value' are required properties",
+                ));
+            }
+            Some(data)
+        }
+        Some(_) => return Err(schema_error("'validation_data' must be an object")),
+    };
+    Ok(LocationValue {
+        url,
+        metadata,
+        validation,
+    })
 }
 
 pub(crate) fn parse_patch(doc: Value, dialect: PatchDialect) -> ApiResult<Vec<PatchOp>> {
@@ -162,11 +267,14 @@ pub(crate) fn parse_patch(doc: Value, dialect: PatchDialect) -> ApiResult<Vec<Pa
                     (kind_of(op).expect("listed op"), path.to_string())
                 }
             };
-            let value = obj.get("value").map(attr_value);
-            if kind != PatchKind::Remove && value.is_none() {
+            let raw = obj.get("value");
+            if kind != PatchKind::Remove && raw.is_none() {
                 return Err(ApiError::invalid(format!("Operation '{path}' requires a member named 'value'.")));
             }
-            Ok(PatchOp { kind, attr: pointer_attr(&path)?, value })
+            if let Some(location) = location_op(kind, &path, raw)? {
+                return Ok(PatchOp { kind, attr: "locations".into(), value: None, location: Some(location) });
+            }
+            Ok(PatchOp { kind, attr: pointer_attr(&path)?, value: raw.map(attr_value), location: None })
         })
         .collect()
 }
@@ -202,7 +310,7 @@ pub async fn update(
     .await?;
     let ops = parse_patch(doc, dialect)?;
     let image = state.app.images.update(&caller, id, &ops, dialect).await?;
-    Ok(Json(image_json(&image, state.multi_store())))
+    Ok(Json(glance_image_json(&image, state.image_view())))
 }
 
 pub async fn delete(
@@ -385,8 +493,13 @@ pub async fn download(
         .images
         .download(&caller, parse_image_id(&id)?)
         .await?;
-    let Some(data) = download.image.data.clone() else {
+    if download.image.size().is_none() {
         return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let checksum = match (&download.image.data, &download.image.location_data) {
+        (Some(data), _) => Some(data.checksum.clone()),
+        (None, Some(external)) => external.checksum.clone(),
+        (None, None) => None,
     };
     let size = download.size;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
@@ -420,12 +533,96 @@ pub async fn download(
         }
         None => {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-            if let Ok(v) = HeaderValue::from_str(&data.checksum) {
+            if let Some(v) = checksum.and_then(|c| HeaderValue::from_str(&c).ok()) {
                 h.insert("content-md5", v);
             }
         }
     }
     Ok(response)
+}
+
+/// `GET /v2/images/{id}/locations` (v2.17; admin): `[{"url", "metadata"}]`.
+pub async fn list_locations(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let locations = state
+        .app
+        .locations
+        .list(&caller, parse_image_id(&id)?)
+        .await?;
+    let shown: Vec<Value> = locations
+        .into_iter()
+        .map(|(url, metadata)| json!({"url": url, "metadata": metadata}))
+        .collect();
+    Ok(Json(Value::Array(shown)))
+}
+
+/// `POST /v2/images/{id}/locations` (v2.17) `{"url", "validation_data": {"os_hash_algo",
+/// "os_hash_value"}}`: 202 once the `location_import` task is submitted.
+pub async fn add_location(
+    State(state): State<SharedState>,
+    Authed(caller): Authed,
+    Extension(request_id): Extension<RequestId>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let id = parse_image_id(&id)?;
+    let map = read_json_object(&headers, body, state.app.config.limits.max_json_body).await?;
+    let invalid = |what: &str| {
+        ApiError::invalid(format!(
+            "Provided object does not match schema 'add_location': {what}"
+        ))
+    };
+    let url = match map.get("url") {
+        Some(Value::String(url)) => url.clone(),
+        _ => return Err(invalid("'url' is a required string")),
+    };
+    let validation = match map.get("validation_data") {
+        None | Some(Value::Null) => ValidationData::default(),
+        Some(Value::Object(v)) => {
+            if let Some(key) = v
+                .keys()
+                .find(|k| !["os_hash_algo", "os_hash_value"].contains(&k.as_str()))
+            {
+                return Err(invalid(&format!(
+                    "Additional properties are not allowed ('{key}' was unexpected)"
+                )));
+            }
+            let text = |key: &str| -> ApiResult<Option<String>> {
+                match v.get(key) {
+                    None => Ok(None),
+                    Some(Value::String(s)) if s.chars().count() <= 128 => Ok(Some(s.clone())),
+                    Some(_) => Err(invalid(&format!("'{key}' must be a string"))),
+                }
+            };
+            let data = ValidationData {
+                checksum: None,
+                os_hash_algo: text("os_hash_algo")?,
+                os_hash_value: text("os_hash_value")?,
+            };
+            if let Some(algo) = &data.os_hash_algo
+                && !HASH_ALGOS.contains(&algo.as_str())
+            {
+                return Err(invalid(&format!("'{algo}' is not one of {HASH_ALGOS:?}")));
+            }
+            if data.os_hash_algo.is_some() != data.os_hash_value.is_some() {
+                return Err(invalid(
+                    "'os_hash_algo' and 'os_hash_value' depend on each other",
+                ));
+            }
+            data
+        }
+        Some(_) => return Err(invalid("'validation_data' must be an object")),
+    };
+    state
+        .app
+        .locations
+        .add(&caller, id, &url, &validation, Some(request_id.0))
+        .await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 pub async fn usage(

@@ -188,7 +188,11 @@ fn task_status(status: JobStatus) -> &'static str {
 fn task_json(job: &Job) -> Value {
     json!({
         "id": job.id.to_string(),
-        "type": "api_image_import",
+        "type": if job.kind == ims_core::locations::LOCATION_JOB_KIND {
+            "location_import"
+        } else {
+            "api_image_import"
+        },
         "status": task_status(job.status),
         "owner": job.project,
         "input": job.payload,

@@ -1,6 +1,8 @@
 //! JSON shapes: images and members as Glance renders them, and JSON → service values.
 
+use ims_core::locations::{shown_locations, shown_stores};
 use ims_core::patch::AttrValue;
+use ims_domain::image::{ImageData, LocationData};
 use ims_domain::{Image, Member};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Value, json};
@@ -12,20 +14,34 @@ pub fn glance_time(t: time::OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
+/// What an image view shows besides the core attributes (the node's configuration).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImageView<'a> {
+    /// Several stores: `stores`, the comma list of those holding the data.
+    pub multi_store: bool,
+    /// The read-only `http` store external locations belong to.
+    pub http_store: Option<&'a str>,
+    /// `show_multiple_locations`: `locations`, always (`[]` when none).
+    pub locations: bool,
+    /// `show_image_direct_url`: `direct_url`, the first location, when there is one.
+    pub direct_url: bool,
+}
+
 /// An image as Glance renders it: free-form properties flattened next to the core attributes,
-/// and with several stores (`show_stores`) the comma list `stores` of those holding its data.
-/// Serialized straight from the record (no intermediate `Value`): listings render 100s of these.
+/// plus what the [`ImageView`] shows. Serialized straight from the record (no intermediate
+/// `Value`): listings render 100s of these.
 pub struct ImageBody<'a> {
     pub image: &'a Image,
-    pub show_stores: bool,
+    pub view: ImageView<'a>,
 }
 
 impl Serialize for ImageBody<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let image = self.image;
         let data = image.data.as_ref();
+        let external = image.location_data.as_ref().filter(|_| data.is_none());
         let id = image.id.to_string();
-        let mut map = serializer.serialize_map(Some(image.properties.len() + 23))?;
+        let mut map = serializer.serialize_map(Some(image.properties.len() + 26))?;
         for (k, v) in &image.properties {
             map.serialize_entry(k, v)?;
         }
@@ -33,17 +49,31 @@ impl Serialize for ImageBody<'_> {
         map.serialize_entry("disk_format", &image.disk_format)?;
         map.serialize_entry("container_format", &image.container_format)?;
         map.serialize_entry("visibility", image.visibility.as_str())?;
-        map.serialize_entry("size", &data.map(|d| d.size))?;
-        map.serialize_entry("virtual_size", &data.and_then(|d| d.virtual_size))?;
+        map.serialize_entry("size", &image.size())?;
+        map.serialize_entry(
+            "virtual_size",
+            &data
+                .map(|d| d.virtual_size)
+                .unwrap_or(external.and_then(|e| e.virtual_size)),
+        )?;
         map.serialize_entry("status", image.status.as_str())?;
-        map.serialize_entry("checksum", &data.map(|d| &d.checksum))?;
+        let hash = |f: fn(&ImageData) -> &String, g: fn(&LocationData) -> &Option<String>| {
+            data.map(f).or_else(|| external.and_then(|e| g(e).as_ref()))
+        };
+        map.serialize_entry("checksum", &hash(|d| &d.checksum, |e| &e.checksum))?;
         map.serialize_entry("protected", &image.protected)?;
         map.serialize_entry("min_ram", &image.min_ram)?;
         map.serialize_entry("min_disk", &image.min_disk)?;
         map.serialize_entry("owner", &image.owner)?;
         map.serialize_entry("os_hidden", &image.os_hidden)?;
-        map.serialize_entry("os_hash_algo", &data.map(|d| &d.os_hash_algo))?;
-        map.serialize_entry("os_hash_value", &data.map(|d| &d.os_hash_value))?;
+        map.serialize_entry(
+            "os_hash_algo",
+            &hash(|d| &d.os_hash_algo, |e| &e.os_hash_algo),
+        )?;
+        map.serialize_entry(
+            "os_hash_value",
+            &hash(|d| &d.os_hash_value, |e| &e.os_hash_value),
+        )?;
         map.serialize_entry("id", &id)?;
         map.serialize_entry("created_at", &glance_time(image.created_at))?;
         map.serialize_entry("updated_at", &glance_time(image.updated_at))?;
@@ -51,15 +81,43 @@ impl Serialize for ImageBody<'_> {
         map.serialize_entry("self", &format!("/v2/images/{id}"))?;
         map.serialize_entry("file", &format!("/v2/images/{id}/file"))?;
         map.serialize_entry("schema", "/v2/schemas/image")?;
-        if let Some(data) = data.filter(|_| self.show_stores) {
-            map.serialize_entry("stores", &data.stores.join(","))?;
+        let view = self.view;
+        if view.locations || view.direct_url {
+            let locations = shown_locations(image, view.multi_store);
+            if view.locations {
+                let shown: Vec<Value> = locations
+                    .iter()
+                    .map(|(url, metadata)| json!({"url": url, "metadata": metadata}))
+                    .collect();
+                map.serialize_entry("locations", &shown)?;
+            }
+            if let Some((url, _)) = locations.first().filter(|_| view.direct_url) {
+                map.serialize_entry("direct_url", url)?;
+            }
+        }
+        if view.multi_store {
+            let ids = shown_stores(image, view.http_store);
+            if !ids.is_empty() {
+                map.serialize_entry("stores", &ids.join(","))?;
+            }
         }
         map.end()
     }
 }
 
+/// An image with `stores` (when `show_stores`) and neither `locations` nor `direct_url`.
 pub fn image_json(image: &Image, show_stores: bool) -> Value {
-    serde_json::to_value(ImageBody { image, show_stores }).expect("an image always serializes")
+    glance_image_json(
+        image,
+        ImageView {
+            multi_store: show_stores,
+            ..ImageView::default()
+        },
+    )
+}
+
+pub fn glance_image_json(image: &Image, view: ImageView<'_>) -> Value {
+    serde_json::to_value(ImageBody { image, view }).expect("an image always serializes")
 }
 
 pub fn member_json(member: &Member) -> Value {

@@ -38,6 +38,18 @@ impl ApiState {
     pub fn multi_store(&self) -> bool {
         self.app.images.stores().is_multi()
     }
+
+    /// How Glance's image views look on this node (stores, locations, direct URL).
+    pub fn image_view(&self) -> json::ImageView<'_> {
+        let stores = self.app.images.stores();
+        let config = &self.app.config.locations;
+        json::ImageView {
+            multi_store: stores.is_multi(),
+            http_store: stores.http().map(|h| h.id.as_str()),
+            locations: config.show_multiple_locations,
+            direct_url: config.show_image_direct_url,
+        }
+    }
 }
 
 pub type SharedState = Arc<ApiState>;
@@ -64,6 +76,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/images/{id}/stage", put(import::stage))
         .route("/images/{id}/import", post(import::import))
         .route("/images/{id}/tasks", get(import::image_tasks))
+        .route(
+            "/images/{id}/locations",
+            get(images::list_locations).post(images::add_location),
+        )
         .route("/tasks", get(import::list_tasks).post(import::create_task))
         .route("/tasks/{id}", get(import::show_task))
         .route("/images/{id}/actions/deactivate", post(images::deactivate))

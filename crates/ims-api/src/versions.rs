@@ -16,8 +16,8 @@ use crate::middleware::Authed;
 /// API versions this server implements, newest first; the first is CURRENT. `2.14` (the cache
 /// API) is advertised only by a node whose cache is enabled.
 const VERSIONS: &[&str] = &[
-    "2.15", "2.14", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5", "2.4",
-    "2.3", "2.2", "2.1", "2.0",
+    "2.17", "2.15", "2.14", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5",
+    "2.4", "2.3", "2.2", "2.1", "2.0",
 ];
 
 static SCHEMAS: LazyLock<Value> = LazyLock::new(|| {
@@ -139,6 +139,23 @@ fn stores_doc(state: &SharedState, detail: bool) -> ApiResult<Value> {
             Value::Object(entry)
         })
         .collect();
+    let mut list = list;
+    // Glance's read-only `http` store (`web:http`): listed, never written.
+    if let Some(http) = stores.http() {
+        let mut entry = serde_json::Map::new();
+        entry.insert("id".into(), json!(http.id));
+        entry.insert(
+            "description".into(),
+            json!(http.description.clone().unwrap_or_default()),
+        );
+        entry.insert("read-only".into(), json!("true"));
+        entry.insert("weight".into(), json!(http.weight));
+        if detail {
+            entry.insert("type".into(), json!("http"));
+            entry.insert("properties".into(), json!({}));
+        }
+        list.push(Value::Object(entry));
+    }
     Ok(json!({ "stores": list }))
 }
 

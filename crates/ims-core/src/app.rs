@@ -21,6 +21,7 @@ use crate::error::{ServiceError, ServiceResult};
 use crate::identity::IdentityService;
 use crate::images::ImageService;
 use crate::import::{Catalog, IMPORT_JOB_KIND, ImportService};
+use crate::locations::{LOCATION_JOB_KIND, LocationService, LocationSettings};
 use crate::metadefs::MetadefService;
 use crate::stores::Stores;
 
@@ -38,6 +39,8 @@ pub struct App {
     pub cloud_images: Arc<CloudImageService>,
     /// Staging, import and the task views over jobs.
     pub imports: Arc<ImportService>,
+    /// The v2.17 location API and its jobs.
+    pub locations: Arc<LocationService>,
     /// Copies to peer regions (`[region]`).
     pub cross_region: Arc<CrossRegionService>,
     /// This node's image cache, when `[cache] enabled`.
@@ -118,6 +121,14 @@ impl App {
             config.gc.clone(),
         );
         image_service.cache = cache.clone();
+        let image_service = image_service.with_locations(LocationSettings {
+            config: config.locations.clone(),
+            policy: crate::fetch::UrlPolicy {
+                allowed_schemes: config.import.allowed_schemes.clone(),
+                allowed_ports: config.import.allowed_ports.clone(),
+                exempt_targets: config.import.exempt_targets.clone(),
+            },
+        });
         let images = Arc::new(image_service);
         let buckets = match &config.buckets {
             Some(connection) => Some(Arc::new(Buckets::new(connection.clone())?)),
@@ -147,6 +158,11 @@ impl App {
             conversion.clone(),
             cloud.clone(),
         ));
+        let locations = Arc::new(LocationService::new(
+            images.clone(),
+            jobs.clone(),
+            waker.clone(),
+        ));
         let imports = Arc::new(ImportService::new(
             images.clone(),
             identity.clone(),
@@ -166,6 +182,7 @@ impl App {
             cloud,
             cloud_images,
             imports,
+            locations,
             cross_region,
             cache,
             waker,
@@ -188,6 +205,7 @@ impl App {
         let mut runner = Runner::new(self.imports.jobs().clone(), config);
         runner.register(IMPORT_JOB_KIND, self.imports.handler());
         runner.register(CROSS_REGION_JOB_KIND, self.cross_region.handler());
+        runner.register(LOCATION_JOB_KIND, self.locations.handler());
         let ims: Arc<dyn ims_jobs::runner::JobHandler> =
             Arc::new(ImsJobHandler::new(self.cloud_images.clone()));
         for kind in ImsJobKind::ALL {

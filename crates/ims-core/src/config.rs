@@ -45,6 +45,39 @@ pub struct Config {
     pub import: ImportConfig,
     pub conversion: ConversionConfig,
     pub cache: CacheConfig,
+    pub locations: LocationsConfig,
+}
+
+/// Image locations (Glance's `show_multiple_locations`, `show_image_direct_url`,
+/// `do_secure_hash`): where the data of an image can be read, shown and managed through
+/// `locations` in PATCH and `/v2/images/{id}/locations` (v2.17). URLs are fetched under the
+/// `[import]` URL policy (schemes, ports, public addresses, exempt targets).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocationsConfig {
+    /// Images show `locations` and PATCH may add, replace and remove them (off by default, as
+    /// in Glance: it reveals where data lives). Env `IMS_SHOW_MULTIPLE_LOCATIONS`.
+    pub show_multiple_locations: bool,
+    /// Images with data show `direct_url`, their first location. Env
+    /// `IMS_SHOW_IMAGE_DIRECT_URL`.
+    pub show_image_direct_url: bool,
+    /// A location added with `POST /v2/images/{id}/locations` is read in full and hashed
+    /// (md5 `checksum` and `os_hash_value`); off, the image only gets its size and any
+    /// hashes the caller gave. Env `IMS_DO_SECURE_HASH`.
+    pub do_secure_hash: bool,
+    /// Most locations one image may have (Glance's `image_location_quota`).
+    pub max_locations: usize,
+}
+
+impl Default for LocationsConfig {
+    fn default() -> Self {
+        LocationsConfig {
+            show_multiple_locations: false,
+            show_image_direct_url: false,
+            do_secure_hash: true,
+            max_locations: 10,
+        }
+    }
 }
 
 /// Format conversion (IMS export, Glance's import conversion): where work files go.
@@ -437,6 +470,9 @@ pub struct StoreEntry {
 pub enum StoreKind {
     Local,
     S3,
+    /// Glance's read-only `http` store: holds no data, names the external `http`/`https`
+    /// locations images may have (at most one such entry).
+    Http,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -480,6 +516,7 @@ impl Default for Config {
             import: ImportConfig::default(),
             conversion: ConversionConfig::default(),
             cache: CacheConfig::default(),
+            locations: LocationsConfig::default(),
         }
     }
 }
@@ -672,6 +709,18 @@ impl Config {
             "IMS_CACHE_PREFETCH_INTERVAL_SECS",
             &mut config.cache.prefetch_interval_secs,
         )?;
+        let locations = &mut config.locations;
+        env_parse(
+            env,
+            "IMS_SHOW_MULTIPLE_LOCATIONS",
+            &mut locations.show_multiple_locations,
+        )?;
+        env_parse(
+            env,
+            "IMS_SHOW_IMAGE_DIRECT_URL",
+            &mut locations.show_image_direct_url,
+        )?;
+        env_parse(env, "IMS_DO_SECURE_HASH", &mut locations.do_secure_hash)?;
         let import = &mut config.import;
         env_list(
             env,

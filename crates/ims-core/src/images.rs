@@ -17,6 +17,7 @@ use ims_meta::{MetaError, MetaStore};
 use crate::cache::CacheService;
 use crate::config::{GcConfig, Limits};
 use crate::error::{ServiceError, ServiceResult};
+use crate::locations::LocationSettings;
 use crate::patch::{self, AttrValue, PatchDialect, PatchOp};
 use crate::stores::{Store, Stores};
 
@@ -30,6 +31,8 @@ pub struct ImageService {
     pub(crate) gc: GcConfig,
     /// This node's image cache: downloads are served from it and fill it.
     pub(crate) cache: Option<Arc<CacheService>>,
+    /// What the node does with image locations.
+    pub(crate) locations: LocationSettings,
 }
 
 /// An image ready to stream: its record and the number of bytes it holds.
@@ -60,7 +63,14 @@ impl ImageService {
             limits,
             gc,
             cache: None,
+            locations: LocationSettings::default(),
         }
+    }
+
+    /// Sets what the node does with image locations.
+    pub fn with_locations(mut self, locations: LocationSettings) -> Self {
+        self.locations = locations;
+        self
     }
 
     /// The node's stores.
@@ -217,9 +227,38 @@ impl ImageService {
         ops: &[PatchOp],
         dialect: PatchDialect,
     ) -> ServiceResult<Image> {
-        self.owned(caller, id, "modify_image").await?;
-        self.mutate(id, |image| patch::apply_patch(image, caller, ops, dialect))
-            .await
+        let image = self.owned(caller, id, "modify_image").await?;
+        // Location URLs are read (and inspected) before the update, which must not wait on
+        // the network.
+        let read = self.read_patch_locations(&image, ops).await?;
+        let mut dropped = Vec::new();
+        let updated = self
+            .mutate(id, |image| {
+                dropped.clear();
+                for op in ops {
+                    match &op.location {
+                        Some(location) => self.apply_location_op(
+                            image,
+                            caller,
+                            op.kind,
+                            location,
+                            &read,
+                            &mut dropped,
+                        )?,
+                        None => {
+                            patch::apply_patch(image, caller, std::slice::from_ref(op), dialect)?
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        if let Some(data) = &image.data {
+            for store in &dropped {
+                self.delete_unreferenced(id, store, &data.blob_key).await?;
+            }
+        }
+        Ok(updated)
     }
 
     pub async fn delete(&self, caller: &Caller, id: uuid::Uuid) -> ServiceResult<()> {
@@ -458,7 +497,7 @@ impl ImageService {
                 "The requested image has been deactivated. Image data download is forbidden.",
             ));
         }
-        let size = image.data.as_ref().map(|d| d.size as u64).unwrap_or(0);
+        let size = image.size().map(|s| s as u64).unwrap_or(0);
         Ok(Download { image, size })
     }
 
@@ -468,11 +507,9 @@ impl ImageService {
         download: &Download,
         range: Option<Range<u64>>,
     ) -> ServiceResult<BlobStream> {
-        let data = download
-            .image
-            .data
-            .as_ref()
-            .ok_or_else(|| ServiceError::not_found("The image has no data"))?;
+        let Some(data) = download.image.data.as_ref() else {
+            return self.open_external(&download.image, range).await;
+        };
         let id = download.image.id;
         if let Some(cache) = &self.cache
             && download.image.status == ImageStatus::Active

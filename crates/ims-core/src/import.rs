@@ -469,38 +469,23 @@ impl ImportService {
 
     /// 409 if another import holds the image (its job is not finished).
     async fn check_lock(&self, image: &Image) -> ServiceResult<()> {
-        let Some(holder) = image.properties.get(LOCK_PROPERTY) else {
-            return Ok(());
-        };
-        let Ok(job_id) = uuid::Uuid::parse_str(holder) else {
-            return Ok(());
-        };
-        let job = self
-            .jobs
-            .get(job_id)
-            .await
-            .map_err(|e| ServiceError::internal("reading the import lock", &e))?;
-        if job.is_some_and(|j| !j.status.is_finished()) {
-            return Err(ServiceError::conflict(format!(
-                "Image {} is locked by import task {job_id}.",
-                image.id
-            )));
-        }
-        Ok(())
+        check_import_lock(&self.jobs, image).await
     }
 
-    /// `GET /v2/images/{id}/tasks`: the image's import jobs, newest first.
+    /// `GET /v2/images/{id}/tasks`: the image's import and location-import jobs, newest first.
     pub async fn image_tasks(&self, caller: &Caller, id: uuid::Uuid) -> ServiceResult<Vec<Job>> {
         self.images.get(caller, id).await?;
         let filter = JobFilter {
             image_id: Some(id),
-            kind: Some(IMPORT_JOB_KIND.into()),
             ..JobFilter::default()
         };
-        self.jobs
+        let mut jobs = self
+            .jobs
             .list(&filter)
             .await
-            .map_err(|e| ServiceError::internal("listing image tasks", &e))
+            .map_err(|e| ServiceError::internal("listing image tasks", &e))?;
+        jobs.retain(|j| j.kind == IMPORT_JOB_KIND || j.kind == crate::locations::LOCATION_JOB_KIND);
+        Ok(jobs)
     }
 
     /// `GET /v2/tasks`: the caller's project's jobs (every job for an admin), newest first.
@@ -529,6 +514,30 @@ impl ImportService {
                 ServiceError::not_found(format!("Task with the given id {id} not found"))
             })
     }
+}
+
+/// 409 if a job (an import or a location import) holds the image and is not finished.
+pub(crate) async fn check_import_lock(
+    jobs: &Arc<dyn JobStore>,
+    image: &Image,
+) -> ServiceResult<()> {
+    let Some(holder) = image.properties.get(LOCK_PROPERTY) else {
+        return Ok(());
+    };
+    let Ok(job_id) = uuid::Uuid::parse_str(holder) else {
+        return Ok(());
+    };
+    let job = jobs
+        .get(job_id)
+        .await
+        .map_err(|e| ServiceError::internal("reading the import lock", &e))?;
+    if job.is_some_and(|j| !j.status.is_finished()) {
+        return Err(ServiceError::conflict(format!(
+            "Image {} is locked by import task {job_id}.",
+            image.id
+        )));
+    }
+    Ok(())
 }
 
 /// Ends an import's hold on the image: clears the lock and the stores still listed as

@@ -18,6 +18,7 @@ pub mod guest;
 pub mod identity;
 pub mod images;
 pub mod import;
+pub mod locations;
 pub mod metadefs;
 pub mod patch;
 pub mod sdk_signature;

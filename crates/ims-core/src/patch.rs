@@ -56,6 +56,9 @@ pub struct PatchOp {
     /// The attribute (the pointer's single segment, unescaped).
     pub attr: String,
     pub value: Option<AttrValue>,
+    /// Set for ops on `locations` (`/locations`, `/locations/<n|->`), which
+    /// [`ImageService::update`](crate::images::ImageService::update) applies itself.
+    pub location: Option<crate::locations::LocationPatch>,
 }
 
 /// Attributes the server owns.
@@ -353,6 +356,7 @@ mod tests {
             kind,
             attr: attr.into(),
             value,
+            location: None,
         }
     }
 

@@ -60,12 +60,22 @@ pub enum StoresConfigError {
     Backend { id: String, reason: String },
 }
 
+/// Glance's read-only `http` store (`kind = "http"`): it holds no blobs; the external
+/// `http`/`https` locations of images belong to it, and `/v2/info/stores` lists it read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpStore {
+    pub id: String,
+    pub description: Option<String>,
+    pub weight: i64,
+}
+
 /// Every store of the node, highest weight first (ties by id).
 #[derive(Debug)]
 pub struct Stores {
     stores: Vec<Store>,
     default: usize,
     multi: bool,
+    http: Option<HttpStore>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -92,6 +102,7 @@ impl Stores {
             }],
             default: 0,
             multi: false,
+            http: None,
         }
     }
 
@@ -118,7 +129,25 @@ impl Stores {
             stores,
             default,
             multi: true,
+            http: None,
         })
+    }
+
+    /// Adds the read-only `http` store; its id must not name another store.
+    pub fn with_http(mut self, http: HttpStore) -> Result<Stores, StoresConfigError> {
+        if !valid_id(&http.id) {
+            return Err(StoresConfigError::InvalidId(http.id));
+        }
+        if self.get(&http.id).is_some() {
+            return Err(StoresConfigError::DuplicateId(http.id));
+        }
+        self.http = Some(http);
+        Ok(self)
+    }
+
+    /// The read-only `http` store, if configured.
+    pub fn http(&self) -> Option<&HttpStore> {
+        self.http.as_ref()
     }
 
     /// Opens what `config` names: `[[stores]]` if set, else `[store]` (default: a local
@@ -140,10 +169,12 @@ impl Stores {
         if config.store.is_some() {
             return Err(refuse(StoresConfigError::BothForms));
         }
-        let default_id = default_entry(&config.stores).map_err(refuse)?;
-        let mut stores = Vec::with_capacity(config.stores.len());
-        for entry in &config.stores {
+        let (http, entries) = split_http(&config.stores).map_err(refuse)?;
+        let default_id = default_entry(&entries).map_err(refuse)?;
+        let mut stores = Vec::with_capacity(entries.len());
+        for entry in &entries {
             let (blobs, properties): (Arc<dyn BlobStore>, _) = match entry.kind {
+                StoreKind::Http => unreachable!("split_http keeps http stores apart"),
                 StoreKind::Local => {
                     let path = config.store_entry_path(entry);
                     let props = vec![("data_dir", path.display().to_string())];
@@ -162,7 +193,10 @@ impl Stores {
             };
             stores.push(store_from_entry(entry, blobs, properties));
         }
-        let stores = Stores::multiple(stores, &default_id).map_err(refuse)?;
+        let mut stores = Stores::multiple(stores, &default_id).map_err(refuse)?;
+        if let Some(http) = http {
+            stores = stores.with_http(http).map_err(refuse)?;
+        }
         tracing::info!(stores = ?stores.ids(), default = %stores.default_store().id, "image stores");
         Ok(stores)
     }
@@ -173,13 +207,17 @@ impl Stores {
         if config.stores.is_empty() {
             return Stores::single(memory(), "memory");
         }
-        let default_id = default_entry(&config.stores).expect("test stores name one default");
-        let stores = config
-            .stores
+        let (http, entries) = split_http(&config.stores).expect("test stores are valid");
+        let default_id = default_entry(&entries).expect("test stores name one default");
+        let stores = entries
             .iter()
             .map(|entry| store_from_entry(entry, memory(), Vec::new()))
             .collect();
-        Stores::multiple(stores, &default_id).expect("test stores are valid")
+        let stores = Stores::multiple(stores, &default_id).expect("test stores are valid");
+        match http {
+            Some(http) => stores.with_http(http).expect("test stores are valid"),
+            None => stores,
+        }
     }
 
     /// Whether several stores are configured (Glance's multi-store mode).
@@ -237,6 +275,30 @@ impl Stores {
     }
 }
 
+/// The `kind = "http"` entry (at most one, never the default) and the other entries.
+fn split_http(
+    entries: &[StoreEntry],
+) -> Result<(Option<HttpStore>, Vec<StoreEntry>), StoresConfigError> {
+    let (http, others): (Vec<&StoreEntry>, Vec<&StoreEntry>) =
+        entries.iter().partition(|e| e.kind == StoreKind::Http);
+    let http = match http.as_slice() {
+        [] => None,
+        [one] if one.default => return Err(StoresConfigError::DefaultReadOnly(one.id.clone())),
+        [one] => Some(HttpStore {
+            id: one.id.clone(),
+            description: one.description.clone(),
+            weight: one.weight,
+        }),
+        [_, second, ..] => {
+            return Err(StoresConfigError::Backend {
+                id: second.id.clone(),
+                reason: "only one store may be kind = \"http\"".into(),
+            });
+        }
+    };
+    Ok((http, others.into_iter().cloned().collect()))
+}
+
 /// The id of the one `[[stores]]` entry with `default = true` (a lone store is the default).
 fn default_entry(entries: &[StoreEntry]) -> Result<String, StoresConfigError> {
     let defaults: Vec<&StoreEntry> = entries.iter().filter(|e| e.default).collect();
@@ -260,6 +322,7 @@ fn store_from_entry(
         driver: match entry.kind {
             StoreKind::Local => "file",
             StoreKind::S3 => "s3",
+            StoreKind::Http => "http",
         },
         properties,
         blobs,

@@ -177,24 +177,7 @@ impl ImageService {
             discard(&store.blobs, &key).await;
             return Err(err);
         }
-        let inspected = tokio::task::spawn_blocking(move || {
-            let probe = probe(&window).map_err(|e| {
-                ServiceError::invalid(format!("Image data could not be inspected: {e}"))
-            })?;
-            // A bare disk must be what it claims; other containers (OVA, docker, …) are not
-            // disk images themselves, but must still not smuggle references to other files.
-            let verdict = if bare {
-                probe.check_declared(&disk_format)
-            } else {
-                probe.check_safe(&disk_format)
-            };
-            verdict.map_err(|e| ServiceError::invalid(e.to_string()))?;
-            let is_declared =
-                probe.format.as_str() == disk_format || (bare && disk_format == "raw");
-            Ok::<_, ServiceError>(is_declared.then(|| probe.virtual_size.unwrap_or(size)))
-        })
-        .await
-        .map_err(|e| ServiceError::internal("inspecting upload", &e))?;
+        let inspected = inspect_data(window, disk_format, bare, size).await;
         let virtual_size = match inspected {
             Ok(v) => v,
             Err(err) => {
@@ -420,6 +403,34 @@ impl ImageService {
             tracing::warn!(image_id = %id, error = %e, "restoring image to queued failed");
         }
     }
+}
+
+/// Inspects the head and tail of image data (off the runtime) with the upload rules: a bare
+/// disk must be its declared `disk_format`, any other container must not reference other
+/// files. Returns the virtual size when the data is of the declared format.
+pub(crate) async fn inspect_data(
+    window: InspectionWindow,
+    disk_format: String,
+    bare: bool,
+    size: u64,
+) -> ServiceResult<Option<u64>> {
+    tokio::task::spawn_blocking(move || {
+        let probe = probe(&window).map_err(|e| {
+            ServiceError::invalid(format!("Image data could not be inspected: {e}"))
+        })?;
+        // A bare disk must be what it claims; other containers (OVA, docker, …) are not
+        // disk images themselves, but must still not smuggle references to other files.
+        let verdict = if bare {
+            probe.check_declared(&disk_format)
+        } else {
+            probe.check_safe(&disk_format)
+        };
+        verdict.map_err(|e| ServiceError::invalid(e.to_string()))?;
+        let is_declared = probe.format.as_str() == disk_format || (bare && disk_format == "raw");
+        Ok::<_, ServiceError>(is_declared.then(|| probe.virtual_size.unwrap_or(size)))
+    })
+    .await
+    .map_err(|e| ServiceError::internal("inspecting upload", &e))?
 }
 
 /// Deletes a blob that will not be published; the collector retries if this fails.

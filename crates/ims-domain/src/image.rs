@@ -137,6 +137,28 @@ pub struct ImageData {
     pub virtual_size: Option<i64>,
 }
 
+/// A place outside this service's stores where an image's data can be read (an entry of
+/// Glance's `locations` in the read-only `http` store): the URL and its metadata, a JSON
+/// object kept as its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageLocation {
+    pub url: String,
+    /// A JSON object, serialized (`{}` when none).
+    pub metadata: String,
+}
+
+/// Size and hashes of data that lives only at [`Image::locations`] (no blob here): the size
+/// read from the location, and the hashes that are known — computed while reading it, or given
+/// by the caller as validation data — `None` otherwise (Glance shows them `null`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocationData {
+    pub size: i64,
+    pub checksum: Option<String>,
+    pub os_hash_algo: Option<String>,
+    pub os_hash_value: Option<String>,
+    pub virtual_size: Option<i64>,
+}
+
 impl ImageData {
     /// Whether the store `id` holds the data.
     pub fn in_store(&self, id: &str) -> bool {
@@ -158,6 +180,12 @@ pub struct Image {
     pub min_ram: i64,
     pub min_disk: i64,
     pub data: Option<ImageData>,
+    /// External locations of the data, in order (see [`ImageLocation`]); an image with such
+    /// locations and no blob keeps its size and hashes in `location_data`.
+    pub locations: Vec<ImageLocation>,
+    /// Size and hashes of an image whose data is only at `locations`; `None` while the data
+    /// has not been read (or failed verification), and for images with a blob.
+    pub location_data: Option<LocationData>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
     pub deleted_at: Option<OffsetDateTime>,
@@ -184,6 +212,8 @@ impl Image {
             min_ram: 0,
             min_disk: 0,
             data: None,
+            locations: Vec::new(),
+            location_data: None,
             created_at: now,
             updated_at: now,
             deleted_at: None,
@@ -194,7 +224,10 @@ impl Image {
     }
 
     pub fn size(&self) -> Option<i64> {
-        self.data.as_ref().map(|d| d.size)
+        self.data
+            .as_ref()
+            .map(|d| d.size)
+            .or(self.location_data.as_ref().map(|d| d.size))
     }
 
     /// Moves to `to` if Glance's status machine allows it.

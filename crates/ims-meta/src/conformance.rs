@@ -43,7 +43,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@tests $make;
             image_round_trip, image_duplicate_id, image_update_revision, image_update_conflict,
             image_update_missing, project_usage, referenced_blob_keys, blob_reference_count,
-            image_stores, members, projects, users,
+            image_stores, image_locations, members, projects, users,
             role_assignments, secrets, token_revocation, list_visibility_for_project,
             list_visibility_for_admin, list_member_status, list_excludes_deleted_and_killed,
             list_match_filters, list_protected_and_hidden, list_time_filters, list_size_filters,
@@ -403,6 +403,57 @@ pub async fn image_stores(store: &dyn MetaStore) {
         .unwrap();
     let listed = listed.iter().find(|i| i.id == a.id).unwrap();
     assert_eq!(listed.data.as_ref().unwrap().stores, ["fs2", "s3"]);
+}
+
+pub async fn image_locations(store: &dyn MetaStore) {
+    use ims_domain::image::{ImageLocation, LocationData};
+    // Data only at external locations: a size, some hashes unknown, no blob.
+    let mut a = image(1, P1, Visibility::Private);
+    a.data = None;
+    a.locations = vec![
+        ImageLocation {
+            url: "http://example.net/a.raw".into(),
+            metadata: r#"{"foo":"bar","store":"web"}"#.into(),
+        },
+        ImageLocation {
+            url: "http://example.net/a.raw#2".into(),
+            metadata: "{}".into(),
+        },
+    ];
+    a.location_data = Some(LocationData {
+        size: 77,
+        checksum: None,
+        os_hash_algo: Some("sha512".into()),
+        os_hash_value: None,
+        virtual_size: Some(77),
+    });
+    // A queued image that kept a location (a failed location import).
+    let mut b = image(2, P1, Visibility::Private);
+    b.status = ImageStatus::Queued;
+    b.data = None;
+    b.locations = vec![ImageLocation {
+        url: "http://example.net/b.raw".into(),
+        metadata: r#"{"store":"web"}"#.into(),
+    }];
+    create_all(store, &[a.clone(), b.clone()]).await;
+    assert_eq!(store.get_image(a.id).await.unwrap().as_ref(), Some(&a));
+    assert_eq!(store.get_image(b.id).await.unwrap().as_ref(), Some(&b));
+    assert!(store.referenced_blob_keys().await.unwrap().is_empty());
+
+    let mut a = store.get_image(a.id).await.unwrap().unwrap();
+    a.locations.truncate(1);
+    if let Some(d) = a.location_data.as_mut() {
+        d.checksum = Some("md5".into());
+        d.os_hash_value = Some("h".into());
+    }
+    let a = store.update_image(&a).await.unwrap();
+    assert_eq!(store.get_image(a.id).await.unwrap(), Some(a.clone()));
+    let query = ImageListQuery {
+        size_min: Some(70),
+        size_max: Some(80),
+        ..ImageListQuery::new(ListScope::All)
+    };
+    assert_eq!(list_ids(store, &query).await, [a.id]);
 }
 
 pub async fn members(store: &dyn MetaStore) {

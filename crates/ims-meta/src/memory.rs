@@ -124,8 +124,12 @@ fn match_value(field: MatchField, image: &Image) -> Option<String> {
         MatchField::ContainerFormat => image.container_format.clone(),
         MatchField::DiskFormat => image.disk_format.clone(),
         MatchField::Owner => image.owner.clone(),
-        MatchField::Checksum => data.map(|d| d.checksum.clone()),
-        MatchField::OsHashValue => data.map(|d| d.os_hash_value.clone()),
+        MatchField::Checksum => data
+            .map(|d| d.checksum.clone())
+            .or_else(|| (image.location_data.as_ref()).and_then(|l| l.checksum.clone())),
+        MatchField::OsHashValue => data
+            .map(|d| d.os_hash_value.clone())
+            .or_else(|| (image.location_data.as_ref()).and_then(|l| l.os_hash_value.clone())),
     }
 }
 

@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ims_domain::image::ImageData;
+use ims_domain::image::{ImageData, ImageLocation, LocationData};
 use ims_domain::member::MemberStatus;
 use ims_domain::query::{MatchField, MemberStatusFilter, TimeField, VisibilityFilter};
 use ims_domain::{
@@ -195,11 +195,11 @@ fn image_select(dialect: Dialect) -> String {
     match dialect {
         Dialect::Sqlite => format!(
             "SELECT json_array({columns}, json(i.stores_json), json(i.tags_json), \
-             json(i.properties_json)) AS image FROM images i"
+             json(i.properties_json), json(i.locations_json)) AS image FROM images i"
         ),
         Dialect::Postgres => format!(
             "SELECT json_build_array({columns}, i.stores_json::json, i.tags_json::json, \
-             i.properties_json::json)::text AS image FROM images i"
+             i.properties_json::json, i.locations_json::json)::text AS image FROM images i"
         ),
     }
 }
@@ -232,6 +232,15 @@ struct ImageRow {
     stores: Option<Vec<String>>,
     tags: BTreeSet<String>,
     properties: BTreeMap<String, String>,
+    #[serde(default)]
+    locations: Option<Vec<LocationRow>>,
+}
+
+/// One entry of `locations_json`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LocationRow {
+    url: String,
+    metadata: serde_json::Value,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -280,6 +289,7 @@ impl ImageRow {
             .ok_or_else(|| corrupt(format_args!("image {id}: status {:?}", self.status)))?;
         let visibility = Visibility::parse(&self.visibility)
             .ok_or_else(|| corrupt(format_args!("image {id}: visibility {:?}", self.visibility)))?;
+        let mut location_data = None;
         let data = match (
             self.blob_key,
             self.stores,
@@ -289,6 +299,17 @@ impl ImageRow {
             self.os_hash_value,
         ) {
             (None, None, None, None, None, None) => None,
+            // Data only at external locations: a size, and the hashes that are known.
+            (None, None, Some(size), checksum, os_hash_algo, os_hash_value) => {
+                location_data = Some(LocationData {
+                    size,
+                    checksum,
+                    os_hash_algo,
+                    os_hash_value,
+                    virtual_size: self.virtual_size,
+                });
+                None
+            }
             (
                 Some(blob_key),
                 Some(stores),
@@ -320,6 +341,16 @@ impl ImageRow {
             min_ram: self.min_ram,
             min_disk: self.min_disk,
             data,
+            locations: self
+                .locations
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| ImageLocation {
+                    url: l.url,
+                    metadata: l.metadata.to_string(),
+                })
+                .collect(),
+            location_data,
             created_at: from_micros(self.created_at),
             updated_at: from_micros(self.updated_at),
             deleted_at: self.deleted_at.map(from_micros),
@@ -357,22 +388,42 @@ fn parse_role(s: &str) -> MetaResult<Role> {
 const IMAGE_INSERT: &str = "INSERT INTO images (id, name, status, visibility, protected, os_hidden, \
      owner, container_format, disk_format, min_ram, min_disk, size, checksum, os_hash_algo, \
      os_hash_value, virtual_size, blob_key, stores_json, created_at, updated_at, deleted_at, \
-     revision, tags_json, properties_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-     $20, $21, $22, $23, $24)";
+     revision, tags_json, properties_json, locations_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+     $20, $21, $22, $23, $24, $25)";
 
 /// Rewrites every column but `id` from [`image_args`] (`$22` the new revision), if the stored
-/// revision is `$25`.
+/// revision is `$26`.
 const IMAGE_UPDATE: &str = "UPDATE images SET name = $2, status = $3, visibility = $4, \
      protected = $5, os_hidden = $6, owner = $7, container_format = $8, disk_format = $9, \
      min_ram = $10, min_disk = $11, size = $12, checksum = $13, os_hash_algo = $14, \
      os_hash_value = $15, virtual_size = $16, blob_key = $17, stores_json = $18, created_at = $19, \
-     updated_at = $20, deleted_at = $21, revision = $22, tags_json = $23, properties_json = $24 \
-     WHERE id = $1 AND revision = $25";
+     updated_at = $20, deleted_at = $21, revision = $22, tags_json = $23, properties_json = $24, \
+     locations_json = $25 WHERE id = $1 AND revision = $26";
 
-/// The 24 image columns as args, in `IMAGE_INSERT` order.
+/// The 25 image columns as args, in `IMAGE_INSERT` order. The size, hashes and virtual size
+/// come from the blob's data or, without a blob, from the external locations' data.
 fn image_args(image: &Image, revision: i64) -> Vec<Arg> {
     let data = image.data.as_ref();
+    let external = image.location_data.as_ref().filter(|_| data.is_none());
     let data_text = |f: fn(&ImageData) -> &String| Arg::OptText(data.map(|d| f(d).clone()));
+    let hash_text = |f: fn(&ImageData) -> &String, g: fn(&LocationData) -> &Option<String>| {
+        Arg::OptText(
+            data.map(|d| f(d).clone())
+                .or_else(|| external.and_then(|e| g(e).clone())),
+        )
+    };
+    let locations = (!image.locations.is_empty()).then(|| {
+        let rows: Vec<LocationRow> = image
+            .locations
+            .iter()
+            .map(|l| LocationRow {
+                url: l.url.clone(),
+                metadata: serde_json::from_str(&l.metadata)
+                    .unwrap_or_else(|_| serde_json::Value::Object(Default::default())),
+            })
+            .collect();
+        json(&rows)
+    });
     vec![
         Arg::Text(image.id.to_string()),
         Arg::OptText(image.name.clone()),
@@ -385,11 +436,14 @@ fn image_args(image: &Image, revision: i64) -> Vec<Arg> {
         Arg::OptText(image.disk_format.clone()),
         Arg::Int(image.min_ram),
         Arg::Int(image.min_disk),
-        Arg::OptInt(data.map(|d| d.size)),
-        data_text(|d| &d.checksum),
-        data_text(|d| &d.os_hash_algo),
-        data_text(|d| &d.os_hash_value),
-        Arg::OptInt(data.and_then(|d| d.virtual_size)),
+        Arg::OptInt(data.map(|d| d.size).or(external.map(|e| e.size))),
+        hash_text(|d| &d.checksum, |e| &e.checksum),
+        hash_text(|d| &d.os_hash_algo, |e| &e.os_hash_algo),
+        hash_text(|d| &d.os_hash_value, |e| &e.os_hash_value),
+        Arg::OptInt(
+            data.map(|d| d.virtual_size)
+                .unwrap_or(external.and_then(|e| e.virtual_size)),
+        ),
         data_text(|d| &d.blob_key),
         Arg::OptText(data.map(|d| json(&d.stores))),
         Arg::Int(to_micros(image.created_at)),
@@ -398,6 +452,7 @@ fn image_args(image: &Image, revision: i64) -> Vec<Arg> {
         Arg::Int(revision),
         Arg::Text(json(&image.tags)),
         Arg::Text(json(&image.properties)),
+        Arg::OptText(locations),
     ]
 }
 
@@ -866,7 +921,7 @@ impl MetaStore for SqlStore {
         let revision = image.revision + 1;
         let id = Arg::Text(image.id.to_string());
         let mut update = image_args(image, revision);
-        update.push(Arg::Int(image.revision)); // $25
+        update.push(Arg::Int(image.revision)); // $26
         let mut stmts = vec![
             Stmt::with(IMAGE_UPDATE, update),
             Stmt::with(
