@@ -20,6 +20,7 @@ pub mod images;
 pub mod import;
 pub mod metadefs;
 pub mod patch;
+pub mod quotas;
 pub mod sdk_signature;
 pub mod stores;
 pub mod upload;
