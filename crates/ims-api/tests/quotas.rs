@@ -578,7 +578,8 @@ async fn web_download_over_count_uploading_or_stage_total_fails_its_task() {
     assert_eq!(image["status"], "queued");
     assert!(image["size"].is_null());
     // With room for uploads, the staging space is what is short: 2 MiB staged, limit 1.
-    n.set_limit(R::ImageCountUploading, None).await;
+    n.set_limit(R::ImageCountUploading, Some(Limit::Unlimited))
+        .await;
     n.set_limit(R::ImageStageTotal, Some(Limit::At(1))).await;
     assert_eq!(
         n.import(&n.member, &b, web.clone()).await.status,
