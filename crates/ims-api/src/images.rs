@@ -625,17 +625,23 @@ pub async fn add_location(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// `GET /v2/info/usage`: each of Glance's four limits of the caller's project with its usage
+/// (sizes in MiB), as Glance reports them with unified limits.
 pub async fn usage(
     State(state): State<SharedState>,
     Authed(caller): Authed,
 ) -> ApiResult<Json<Value>> {
-    let usage = state.app.images.usage(&caller.project_id).await?;
-    let limits = &state.app.config.limits;
-    let limit = |l: Option<u64>| l.map(|v| v as i64).unwrap_or(-1);
-    Ok(Json(json!({"usage": {
-        "image_size_total": {"usage": usage.image_size_total, "limit": limit(limits.image_size_total)},
-        "image_count_total": {"usage": usage.image_count_total, "limit": -1},
-    }})))
+    let usage = state.app.images.quota_usage(&caller.project_id).await?;
+    let entries: serde_json::Map<String, Value> = usage
+        .iter()
+        .map(|u| {
+            (
+                u.resource.as_str().to_owned(),
+                json!({"limit": u.limit.to_signed(), "usage": u.usage}),
+            )
+        })
+        .collect();
+    Ok(Json(json!({ "usage": entries })))
 }
 
 #[cfg(test)]

@@ -434,7 +434,7 @@ async fn declared_size_and_hangup_restore_queued() {
 #[tokio::test]
 async fn quota_and_size_cap_enforced_while_streaming() {
     let mut config = Config::default();
-    config.limits.image_size_total = Some(1_500_000);
+    config.limits.image_size_total = Some(1); // MiB
     config.limits.image_size_cap = 1_200_000;
     let t = TestApp::with_config(config).await;
     let tok = t.token("member1", "p1").await;

@@ -18,7 +18,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ims_core::identity::{DomainRef, Named};
 use ims_core::{App, Config};
-use ims_domain::Role;
+use ims_domain::{Limit, QuotaResource, Role};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -130,8 +130,28 @@ enum AccessKeyCommand {
 
 #[derive(Subcommand, Debug)]
 enum ProjectCommand {
-    Create { name: String },
+    Create {
+        name: String,
+    },
     List,
+    /// Sets a project's own limit (Glance's unified limits: image_size_total and
+    /// image_stage_total in MiB, image_count_total, image_count_uploading); -1 = unlimited.
+    SetLimit {
+        /// Project name (domain Default) or id.
+        project: String,
+        resource: String,
+        #[arg(allow_negative_numbers = true)]
+        limit: i64,
+    },
+    /// Removes a project's own limit: the configured default applies again.
+    UnsetLimit {
+        project: String,
+        resource: String,
+    },
+    /// Prints each limit of a project (`resource<TAB>limit<TAB>usage<TAB>project|default`).
+    Limits {
+        project: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,6 +198,31 @@ fn by_name(name: &str) -> Named {
         name: name.to_string(),
         domain: DomainRef::Name("Default".into()),
     }
+}
+
+fn parse_resource(name: &str) -> anyhow::Result<QuotaResource> {
+    QuotaResource::parse(name).with_context(|| {
+        let names: Vec<&str> = QuotaResource::ALL.iter().map(|r| r.as_str()).collect();
+        format!("unknown limit {name:?}: use one of {}", names.join(", "))
+    })
+}
+
+/// A project by name (domain Default), else by id.
+async fn find_project(app: &App, project: &str) -> anyhow::Result<ims_domain::Project> {
+    let fail = |e: ims_core::ServiceError| anyhow::anyhow!("{e}");
+    if let Some(p) = app
+        .identity
+        .find_project(&by_name(project))
+        .await
+        .map_err(fail)?
+    {
+        return Ok(p);
+    }
+    app.identity
+        .find_project(&Named::Id(project.to_owned()))
+        .await
+        .map_err(fail)?
+        .with_context(|| format!("no project {project:?}"))
 }
 
 fn parse_role(role: &str) -> anyhow::Result<Role> {
@@ -266,6 +311,45 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Project(ProjectCommand::List) => {
             for p in ids.meta().list_projects().await? {
                 println!("{}\t{}", p.id, p.name);
+            }
+        }
+        AdminCommand::Project(ProjectCommand::SetLimit {
+            project,
+            resource,
+            limit,
+        }) => {
+            let project = find_project(&app, &project).await?;
+            app.images
+                .set_project_limit(
+                    &project.id,
+                    parse_resource(&resource)?,
+                    Some(Limit::from_signed(limit)),
+                )
+                .await
+                .map_err(fail)?;
+        }
+        AdminCommand::Project(ProjectCommand::UnsetLimit { project, resource }) => {
+            let project = find_project(&app, &project).await?;
+            app.images
+                .set_project_limit(&project.id, parse_resource(&resource)?, None)
+                .await
+                .map_err(fail)?;
+        }
+        AdminCommand::Project(ProjectCommand::Limits { project }) => {
+            let project = find_project(&app, &project).await?;
+            for u in app.images.quota_usage(&project.id).await.map_err(fail)? {
+                let own = app
+                    .images
+                    .has_own_limit(&project.id, u.resource)
+                    .await
+                    .map_err(fail)?;
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    u.resource.as_str(),
+                    u.limit.to_signed(),
+                    u.usage,
+                    if own { "project" } else { "default" }
+                );
             }
         }
         AdminCommand::User(UserCommand::Create {

@@ -480,11 +480,35 @@ pub enum StoreKind {
 pub struct Limits {
     /// Largest image in bytes (Glance's `image_size_cap`). Env `IMS_IMAGE_SIZE_CAP`.
     pub image_size_cap: u64,
-    /// Bytes of image data a project may store in total; unset = unlimited.
-    /// Env `IMS_IMAGE_SIZE_TOTAL`.
+    /// Default `image_size_total` limit: MiB of image data a project may store (each store
+    /// holding an image counts); unset = unlimited. Env `IMS_IMAGE_SIZE_TOTAL` (`-1` =
+    /// unlimited). `ims admin project set-limit` overrides it per project.
     pub image_size_total: Option<u64>,
+    /// Default `image_stage_total` limit: MiB of staged data (and of copies in progress) per
+    /// project; unset = unlimited. Env `IMS_IMAGE_STAGE_TOTAL`.
+    pub image_stage_total: Option<u64>,
+    /// Default `image_count_total` limit: images a project may own; unset = unlimited. Env
+    /// `IMS_IMAGE_COUNT_TOTAL`.
+    pub image_count_total: Option<u64>,
+    /// Default `image_count_uploading` limit: images a project may upload, stage, import or
+    /// copy at once; unset = unlimited. Env `IMS_IMAGE_COUNT_UPLOADING`.
+    pub image_count_uploading: Option<u64>,
     /// Largest JSON request body in bytes. Env `IMS_MAX_JSON_BODY`.
     pub max_json_body: usize,
+}
+
+impl Limits {
+    /// The configured default limit of `resource` (a project's own limit replaces it).
+    pub fn default_limit(&self, resource: ims_domain::QuotaResource) -> ims_domain::Limit {
+        use ims_domain::QuotaResource as R;
+        let value = match resource {
+            R::ImageSizeTotal => self.image_size_total,
+            R::ImageStageTotal => self.image_stage_total,
+            R::ImageCountTotal => self.image_count_total,
+            R::ImageCountUploading => self.image_count_uploading,
+        };
+        value.map_or(ims_domain::Limit::Unlimited, ims_domain::Limit::At)
+    }
 }
 
 impl Default for Limits {
@@ -492,6 +516,9 @@ impl Default for Limits {
         Limits {
             image_size_cap: 1 << 40,
             image_size_total: None,
+            image_stage_total: None,
+            image_count_total: None,
+            image_count_uploading: None,
             max_json_body: 1 << 20,
         }
     }
@@ -560,6 +587,29 @@ where
             reason: e.to_string(),
         })?;
     }
+    Ok(())
+}
+
+/// A per-project limit from the environment: a number, or `-1` for unlimited.
+fn env_limit(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+    slot: &mut Option<u64>,
+) -> Result<(), ConfigError> {
+    let Some(value) = get(name) else {
+        return Ok(());
+    };
+    *slot = match value.trim() {
+        "-1" => None,
+        v => Some(
+            v.parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                    name,
+                    value: value.clone(),
+                    reason: e.to_string(),
+                })?,
+        ),
+    };
     Ok(())
 }
 
@@ -659,15 +709,22 @@ impl Config {
         }
         apply_store_env(&mut config, env)?;
         env_parse(env, "IMS_IMAGE_SIZE_CAP", &mut config.limits.image_size_cap)?;
-        if let Some(value) = env("IMS_IMAGE_SIZE_TOTAL") {
-            let total = value
-                .parse()
-                .map_err(|e: std::num::ParseIntError| ConfigError::Env {
-                    name: "IMS_IMAGE_SIZE_TOTAL",
-                    value,
-                    reason: e.to_string(),
-                })?;
-            config.limits.image_size_total = Some(total);
+        for (name, slot) in [
+            ("IMS_IMAGE_SIZE_TOTAL", &mut config.limits.image_size_total),
+            (
+                "IMS_IMAGE_STAGE_TOTAL",
+                &mut config.limits.image_stage_total,
+            ),
+            (
+                "IMS_IMAGE_COUNT_TOTAL",
+                &mut config.limits.image_count_total,
+            ),
+            (
+                "IMS_IMAGE_COUNT_UPLOADING",
+                &mut config.limits.image_count_uploading,
+            ),
+        ] {
+            env_limit(env, name, slot)?;
         }
         env_parse(env, "IMS_MAX_JSON_BODY", &mut config.limits.max_json_body)?;
         env_parse(env, "IMS_GC_INTERVAL_SECS", &mut config.gc.interval_secs)?;
@@ -886,6 +943,31 @@ mod tests {
         std::fs::write(&path, "[region]\nname = \"a\"\nsecret = \"x\"\n").unwrap();
         let err = Config::load_with(Some(&path), &|_| None).unwrap_err();
         assert!(err.to_string().contains("parsing"), "{err}");
+    }
+
+    #[test]
+    fn project_limits_from_file_then_env() {
+        use ims_domain::{Limit, QuotaResource as R};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ims.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nimage_size_total = 1024\nimage_count_total = 10\nimage_stage_total = 5\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "IMS_IMAGE_COUNT_UPLOADING" => Some("2".to_string()),
+            "IMS_IMAGE_STAGE_TOTAL" => Some("-1".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with(Some(&path), &env).unwrap();
+        assert_eq!(c.limits.default_limit(R::ImageSizeTotal), Limit::At(1024));
+        assert_eq!(c.limits.default_limit(R::ImageCountTotal), Limit::At(10));
+        assert_eq!(c.limits.default_limit(R::ImageStageTotal), Limit::Unlimited);
+        assert_eq!(c.limits.default_limit(R::ImageCountUploading), Limit::At(2));
+        let bad = |k: &str| (k == "IMS_IMAGE_COUNT_TOTAL").then(|| "many".to_string());
+        let err = Config::load_with(None, &bad).unwrap_err();
+        assert!(err.to_string().contains("IMS_IMAGE_COUNT_TOTAL"), "{err}");
     }
 
     #[test]

@@ -182,6 +182,9 @@ impl ImageService {
         };
         let mut image = Image::new(id, owner, ims_domain::now());
         patch::apply_create(&mut image, caller, attrs)?;
+        let project = image.owner.as_deref().unwrap_or(&caller.project_id);
+        self.enforce_quota(project, ims_domain::QuotaResource::ImageCountTotal, 1)
+            .await?;
         self.meta.create_image(&image).await.map_err(|e| match e {
             MetaError::AlreadyExists(_) => ServiceError::new(
                 ErrorKind::AlreadyExists,

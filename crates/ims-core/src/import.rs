@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use ims_blob::{BlobKey, BlobStream};
 use ims_diskfmt::Format;
-use ims_domain::{Caller, ErrorKind, Image, ImageStatus};
+use ims_domain::{Caller, ErrorKind, Image, ImageStatus, QuotaResource};
 use ims_jobs::runner::{JobContext, JobFailure, JobHandler};
 use ims_jobs::{Job, JobFilter, JobStore, NewJob};
 use serde_json::{Value, json};
@@ -230,10 +230,24 @@ impl ImportService {
                 image.status.as_str()
             )));
         }
+        let project = image.owner.as_deref().unwrap_or(&caller.project_id);
+        self.images
+            .enforce_quota(project, QuotaResource::ImageStageTotal, 0)
+            .await?;
         let image = self
             .images
             .mutate(id, |image| Ok(image.transition(ImageStatus::Uploading)?))
             .await?;
+        if let Err(err) = self
+            .images
+            .enforce_quota(project, QuotaResource::ImageCountUploading, 0)
+            .await
+        {
+            self.images
+                .restore_queued_from(id, ImageStatus::Uploading)
+                .await;
+            return Err(err);
+        }
         let key = staging_key(id);
         let written = self
             .images
@@ -287,6 +301,13 @@ impl ImportService {
         } else {
             self.images.owned(caller, id, "import_image").await?
         };
+        self.images
+            .enforce_quota(
+                image.owner.as_deref().unwrap_or(&caller.project_id),
+                QuotaResource::ImageSizeTotal,
+                0,
+            )
+            .await?;
         if image.container_format.is_none() || image.disk_format.is_none() {
             return Err(ServiceError::conflict(
                 "'disk_format' and 'container_format' must be set before import.",
@@ -947,6 +968,7 @@ impl JobHandler for ImportHandler {
                 image.status.as_str()
             )));
         }
+        self.check_quotas(&image, &job).await?;
         // An earlier attempt may have published the image or copied some stores already; the
         // stores the image holds are not written again.
         let mut image = self.ingest_first(image, &job).await?;
@@ -1027,6 +1049,56 @@ async fn read_limited_json(response: reqwest::Response, limit: usize) -> Result<
 }
 
 impl ImportHandler {
+    /// Glance's checks when the import starts: `glance-direct` adds the staged data to
+    /// `image_size_total`; the other methods use staging space (`image_stage_total`; this
+    /// image's copy in progress already counts) and are uploads in progress
+    /// (`image_count_uploading`, counting this one). Over a limit, the import ends as a failed
+    /// task, the image as it was before (new data: `queued`, the staged data discarded).
+    async fn check_quotas(&self, image: &Image, job: &ImportJob) -> Result<(), JobFailure> {
+        let Some(project) = image.owner.as_deref() else {
+            return Ok(());
+        };
+        if image.data.is_some() && job.method != ImportMethod::CopyImage {
+            // A retry after the data was published: it counts already.
+            return Ok(());
+        }
+        let checked = match job.method {
+            ImportMethod::GlanceDirect => match self.images.staged_size(image.id).await {
+                Ok(staged) => {
+                    let delta = QuotaResource::ImageSizeTotal.units(staged.unwrap_or(0));
+                    self.images
+                        .enforce_quota(project, QuotaResource::ImageSizeTotal, delta)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            ImportMethod::WebDownload | ImportMethod::GlanceDownload | ImportMethod::CopyImage => {
+                match self
+                    .images
+                    .enforce_quota(project, QuotaResource::ImageStageTotal, 0)
+                    .await
+                {
+                    Ok(()) => {
+                        self.images
+                            .enforce_quota(project, QuotaResource::ImageCountUploading, 0)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let Err(err) = checked else {
+            return Ok(());
+        };
+        if err.kind != ErrorKind::QuotaExceeded {
+            return Err(JobFailure::Retry(err.to_string()));
+        }
+        let revert = (job.method != ImportMethod::CopyImage).then_some(ImageStatus::Importing);
+        release(&self.images, job.id, revert).await;
+        self.discard_staging(job).await;
+        Err(JobFailure::Fatal(err.to_string()))
+    }
+
     async fn discard_staging(&self, job: &ImportJob) {
         if job.method != ImportMethod::GlanceDirect {
             return;

@@ -21,6 +21,7 @@ pub mod import;
 pub mod locations;
 pub mod metadefs;
 pub mod patch;
+pub mod quotas;
 pub mod sdk_signature;
 pub mod stores;
 pub mod upload;

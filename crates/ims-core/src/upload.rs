@@ -12,10 +12,11 @@ use ims_blob::hash::StreamHasher;
 use ims_blob::{BlobKey, BlobStore, BlobWriter};
 use ims_diskfmt::probe::{InspectionWindow, probe};
 use ims_domain::image::ImageData;
-use ims_domain::{Caller, Image, ImageStatus};
+use ims_domain::{Caller, Image, ImageStatus, QuotaResource};
 
 use crate::error::{ServiceError, ServiceResult};
 use crate::images::ImageService;
+use crate::quotas::ByteBudget;
 use crate::stores::Store;
 
 /// Heartbeats per stale period: a live upload refreshes its image's `updated_at` this many
@@ -101,7 +102,12 @@ impl ImageService {
         E: std::fmt::Display,
     {
         let store = self.target_store(store)?;
-        self.owned(caller, id, "upload_image").await?;
+        let owned = self.owned(caller, id, "upload_image").await?;
+        let project = owned.owner.as_deref().unwrap_or(&caller.project_id);
+        // Glance checks the stored total first, then (counting this upload) the uploads in
+        // progress; the size is held to the limit again while the data streams.
+        self.enforce_quota(project, QuotaResource::ImageSizeTotal, 0)
+            .await?;
         let image = self
             .mutate(id, |image| {
                 image.require_formats()?;
@@ -109,6 +115,13 @@ impl ImageService {
                 Ok(())
             })
             .await?;
+        if let Err(err) = self
+            .enforce_quota(project, QuotaResource::ImageCountUploading, 0)
+            .await
+        {
+            self.restore_queued(id).await;
+            return Err(err);
+        }
         let ingested = self
             .ingest(
                 &image,
@@ -159,15 +172,15 @@ impl ImageService {
         let disk_format = image.disk_format.clone().unwrap_or_default();
         let bare = image.container_format.as_deref() == Some("bare");
         let key = BlobKey::for_image(id);
+        let budget = match owner.as_deref() {
+            Some(owner) => {
+                self.byte_budget(owner, QuotaResource::ImageSizeTotal)
+                    .await?
+            }
+            None => None,
+        };
         let outcome = self
-            .stream_into_blob(
-                &store.blobs,
-                id,
-                &key,
-                owner.as_deref(),
-                body,
-                declared_size,
-            )
+            .stream_into_blob(&store.blobs, id, &key, budget, body, declared_size)
             .await;
         let (size, hashes, window) = match outcome {
             Ok(parts) => parts,
@@ -240,8 +253,9 @@ impl ImageService {
         published
     }
 
-    /// Streams `body` into a blob at `key` under the upload limits, without inspecting it (the
-    /// staging area of an import); returns its size. On error nothing is left behind.
+    /// Streams `body` into a blob at `key` under the upload limits and the owner's
+    /// `image_stage_total`, without inspecting it (the staging area of an import); returns its
+    /// size. On error nothing is left behind.
     pub(crate) async fn write_blob<S, E>(
         &self,
         id: uuid::Uuid,
@@ -254,8 +268,15 @@ impl ImageService {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
+        let budget = match owner {
+            Some(owner) => {
+                self.byte_budget(owner, QuotaResource::ImageStageTotal)
+                    .await?
+            }
+            None => None,
+        };
         match self
-            .stream_into_blob(self.stores.staging(), id, key, owner, body, declared_size)
+            .stream_into_blob(self.stores.staging(), id, key, budget, body, declared_size)
             .await
         {
             Ok((size, _, _)) => Ok(size),
@@ -263,14 +284,14 @@ impl ImageService {
         }
     }
 
-    /// Streams `body` into a fresh blob at `key` of `blobs`. On error nothing is left behind (the
-    /// writer is dropped).
+    /// Streams `body` into a fresh blob at `key` of `blobs`, held to `budget` (the project's
+    /// size limit) if given. On error nothing is left behind (the writer is dropped).
     async fn stream_into_blob<S, E>(
         &self,
         blobs: &Arc<dyn BlobStore>,
         id: uuid::Uuid,
         key: &BlobKey,
-        owner: Option<&str>,
+        budget: Option<ByteBudget>,
         mut body: S,
         declared_size: Option<u64>,
     ) -> Result<(u64, ims_blob::hash::StreamHashes, InspectionWindow), Abort>
@@ -279,26 +300,14 @@ impl ImageService {
         E: std::fmt::Display,
     {
         let cap = self.limits.image_size_cap;
-        let quota_left = match (self.limits.image_size_total, owner) {
-            (Some(total), Some(owner)) => {
-                let used = self
-                    .meta
-                    .project_usage(owner)
-                    .await
-                    .map_err(|e| Abort(e.into()))?
-                    .image_size_total;
-                Some(total.saturating_sub(used.max(0) as u64))
-            }
-            _ => None,
-        };
         if let Some(declared) = declared_size {
             if declared > cap {
                 return Err(Abort(ServiceError::too_large(format!(
                     "Image size {declared} exceeds the limit of {cap} bytes."
                 ))));
             }
-            if quota_left.is_some_and(|left| declared > left) {
-                return Err(Abort(quota_error()));
+            if let Some(budget) = &budget {
+                budget.check(declared).map_err(Abort)?;
             }
         }
 
@@ -330,8 +339,8 @@ impl ImageService {
                         "Image exceeds the size limit of {cap} bytes."
                     ))));
                 }
-                if quota_left.is_some_and(|left| total > left) {
-                    return Err(Abort(quota_error()));
+                if let Some(budget) = &budget {
+                    budget.check(total).map_err(Abort)?;
                 }
                 if declared_size.is_some_and(|d| total > d) {
                     return Err(Abort(ServiceError::invalid(format!(
@@ -438,11 +447,4 @@ pub(crate) async fn discard(blobs: &Arc<dyn BlobStore>, key: &BlobKey) {
     if let Err(e) = blobs.delete(key).await {
         tracing::warn!(blob = %key, error = %e, "discarding unpublished data failed; garbage collection will retry");
     }
-}
-
-fn quota_error() -> ServiceError {
-    ServiceError::new(
-        ims_domain::ErrorKind::QuotaExceeded,
-        "Denying attempt to upload image because it exceeds the quota (image_size_total).",
-    )
 }

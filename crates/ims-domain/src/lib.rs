@@ -1,5 +1,6 @@
 //! The domain model of `ims`: images and their status machine, members, identity, Glance's
-//! default policy and the image list query. Pure data and rules: no IO, no serde, no HTTP.
+//! default policy, the image list query and the per-project limits. Pure data and rules: no IO,
+//! no serde, no HTTP.
 
 pub mod error;
 pub mod flavor;
@@ -9,12 +10,14 @@ pub mod member;
 pub mod os_catalog;
 pub mod policy;
 pub mod query;
+pub mod quota;
 
 pub use error::{DomainError, ErrorKind};
 pub use identity::{Caller, Project, Role, User};
 pub use image::{Image, ImageStatus, Visibility};
 pub use member::{Member, MemberStatus};
 pub use query::{ImageListQuery, ListScope, SortDir, SortKey};
+pub use quota::{Limit, QuotaResource};
 
 /// Current time truncated to microseconds, the precision every store keeps.
 pub fn now() -> time::OffsetDateTime {

@@ -17,7 +17,7 @@ use ims_domain::{
 };
 use time::OffsetDateTime;
 
-use crate::{MetaError, MetaResult, MetaStore, ProjectUsage};
+use crate::{IMPORTING_TO_STORES_PROPERTY, MetaError, MetaResult, MetaStore, ProjectUsage};
 
 /// A store under test plus whatever must live as long as it (a temp dir, a schema to drop).
 pub struct TestStore {
@@ -42,8 +42,8 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make;
             image_round_trip, image_duplicate_id, image_update_revision, image_update_conflict,
-            image_update_missing, project_usage, referenced_blob_keys, blob_reference_count,
-            image_stores, image_locations, members, projects, users,
+            image_update_missing, project_usage, project_limits, referenced_blob_keys,
+            blob_reference_count, image_stores, image_locations, members, projects, users,
             role_assignments, secrets, token_revocation, list_visibility_for_project,
             list_visibility_for_admin, list_member_status, list_excludes_deleted_and_killed,
             list_match_filters, list_protected_and_hidden, list_time_filters, list_size_filters,
@@ -285,7 +285,10 @@ pub async fn project_usage(store: &dyn MetaStore) {
         ProjectUsage::default()
     );
     let a = image(1, P1, Visibility::Private); // size 1001
-    let b = image(2, P1, Visibility::Public); // size 1002
+    let mut b = image(2, P1, Visibility::Public); // size 1002, held by two stores
+    if let Some(d) = b.data.as_mut() {
+        d.stores.push("second".into());
+    }
     let mut queued = image(3, P1, Visibility::Private);
     queued.status = ImageStatus::Queued;
     queued.data = None;
@@ -293,25 +296,123 @@ pub async fn project_usage(store: &dyn MetaStore) {
     deleted.status = ImageStatus::Deleted;
     deleted.deleted_at = Some(t(40));
     let other = image(5, P2, Visibility::Private);
-    create_all(store, &[a, b, queued, deleted, other]).await;
+    let mut killed = image(6, P1, Visibility::Private);
+    killed.status = ImageStatus::Killed;
+    let mut saving = image(7, P1, Visibility::Private);
+    saving.status = ImageStatus::Saving;
+    saving.data = None;
+    let mut staged = image(8, P1, Visibility::Private);
+    staged.status = ImageStatus::Uploading;
+    staged.data = None;
+    let mut importing = image(9, P1, Visibility::Private);
+    importing.status = ImageStatus::Importing;
+    importing.data = None;
+    importing
+        .properties
+        .insert(IMPORTING_TO_STORES_PROPERTY.into(), "local".into());
+    // An active image being copied to another store (size 1010).
+    let mut copying = image(10, P1, Visibility::Private);
+    copying
+        .properties
+        .insert(IMPORTING_TO_STORES_PROPERTY.into(), "second".into());
+    // A finished import leaves the property empty.
+    let mut copied = image(11, P1, Visibility::Private);
+    copied
+        .properties
+        .insert(IMPORTING_TO_STORES_PROPERTY.into(), String::new());
+    let mut deleted_copying = image(12, P1, Visibility::Private);
+    deleted_copying.status = ImageStatus::Deleted;
+    deleted_copying.deleted_at = Some(t(41));
+    deleted_copying
+        .properties
+        .insert(IMPORTING_TO_STORES_PROPERTY.into(), "second".into());
+    create_all(
+        store,
+        &[
+            a,
+            b,
+            queued,
+            deleted,
+            other,
+            killed,
+            saving,
+            staged,
+            importing,
+            copying,
+            copied,
+            deleted_copying,
+        ],
+    )
+    .await;
     assert_eq!(
         store.project_usage(P1).await.unwrap(),
         ProjectUsage {
-            image_size_total: 2003,
-            image_count_total: 3
+            image_size_total: 1001 + 2 * 1002 + 1010 + 1011,
+            image_count_total: 8,
+            image_count_uploading: 4,
+            copying_size: 1010,
+            staged_images: vec![id(8), id(9)],
         }
     );
     assert_eq!(
         store.project_usage(P2).await.unwrap(),
         ProjectUsage {
             image_size_total: 1005,
-            image_count_total: 1
+            image_count_total: 1,
+            ..ProjectUsage::default()
         }
     );
     assert_eq!(
         store.project_usage(P3).await.unwrap(),
         ProjectUsage::default()
     );
+}
+
+pub async fn project_limits(store: &dyn MetaStore) {
+    use ims_domain::{Limit, QuotaResource as R};
+    assert!(store.project_limits(P1).await.unwrap().is_empty());
+    store
+        .set_project_limit(P1, R::ImageCountUploading, Some(Limit::At(3)))
+        .await
+        .unwrap();
+    store
+        .set_project_limit(P1, R::ImageSizeTotal, Some(Limit::At(1024)))
+        .await
+        .unwrap();
+    store
+        .set_project_limit(P2, R::ImageSizeTotal, Some(Limit::Unlimited))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.project_limits(P1).await.unwrap(),
+        vec![
+            (R::ImageSizeTotal, Limit::At(1024)),
+            (R::ImageCountUploading, Limit::At(3)),
+        ]
+    );
+    assert_eq!(
+        store.project_limits(P2).await.unwrap(),
+        vec![(R::ImageSizeTotal, Limit::Unlimited)]
+    );
+    // Setting again replaces; a huge limit survives the signed column.
+    store
+        .set_project_limit(P1, R::ImageSizeTotal, Some(Limit::At(i64::MAX as u64)))
+        .await
+        .unwrap();
+    store
+        .set_project_limit(P1, R::ImageCountUploading, None)
+        .await
+        .unwrap();
+    // Removing what is not there is not an error.
+    store
+        .set_project_limit(P1, R::ImageStageTotal, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.project_limits(P1).await.unwrap(),
+        vec![(R::ImageSizeTotal, Limit::At(i64::MAX as u64))]
+    );
+    assert!(store.project_limits(P3).await.unwrap().is_empty());
 }
 
 pub async fn referenced_blob_keys(store: &dyn MetaStore) {

@@ -9,7 +9,9 @@ pub mod metadefs;
 pub mod sql;
 
 use async_trait::async_trait;
-use ims_domain::{ErrorKind, Image, ImageListQuery, Member, Project, Role, User};
+use ims_domain::{
+    ErrorKind, Image, ImageListQuery, Limit, Member, Project, QuotaResource, Role, User,
+};
 
 /// A failure of the metadata store, with the stable kind callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +53,27 @@ impl MetaError {
 
 pub type MetaResult<T> = Result<T, MetaError>;
 
-/// Usage of one project, for quotas.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Usage of one project, for quotas (Glance's `user_get_*_usage` / `*_count` queries).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProjectUsage {
-    /// Sum of `size` over the project's images that hold data (not deleted).
+    /// Bytes of image data the project stores: `size` times the number of stores holding it,
+    /// over images that are not deleted or killed.
     pub image_size_total: i64,
-    /// Images the project owns (not deleted).
+    /// Images the project owns that are not deleted or killed.
     pub image_count_total: i64,
+    /// Images `saving`, `uploading` or `importing`, plus other live images with a non-empty
+    /// `os_glance_importing_to_stores` (a copy in progress).
+    pub image_count_uploading: i64,
+    /// Bytes of the copies in progress (`size` of the live images, other than `uploading` and
+    /// `importing` ones, with a non-empty `os_glance_importing_to_stores`). Staged data is not
+    /// in the metadata: see `staged_images`.
+    pub copying_size: i64,
+    /// Images `uploading` or `importing`, whose data may wait in the staging area, sorted.
+    pub staged_images: Vec<uuid::Uuid>,
 }
+
+/// The property an import lists the stores it still writes to in (Glance's name).
+pub const IMPORTING_TO_STORES_PROPERTY: &str = "os_glance_importing_to_stores";
 
 /// Everything the service persists about images and identity.
 ///
@@ -76,6 +91,16 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn update_image(&self, image: &Image) -> MetaResult<Image>;
     async fn list_images(&self, query: &ImageListQuery) -> MetaResult<Vec<Image>>;
     async fn project_usage(&self, owner: &str) -> MetaResult<ProjectUsage>;
+    /// Sets (`Some`) or removes (`None`) the project's own limit of `resource`, which replaces
+    /// the configured default (`Limit::Unlimited` is stored too: no limit for this project).
+    async fn set_project_limit(
+        &self,
+        project_id: &str,
+        resource: QuotaResource,
+        limit: Option<Limit>,
+    ) -> MetaResult<()>;
+    /// The project's own limits, in [`QuotaResource::ALL`] order.
+    async fn project_limits(&self, project_id: &str) -> MetaResult<Vec<(QuotaResource, Limit)>>;
     /// Blob keys referenced by any image (for the garbage collector).
     async fn referenced_blob_keys(&self) -> MetaResult<Vec<String>>;
     /// How many image records name `blob_key` in the store `store` (in-region copies share

@@ -13,12 +13,12 @@ use async_trait::async_trait;
 use ims_domain::member::MemberStatus;
 use ims_domain::query::{MatchField, MemberStatusFilter, TimeField, VisibilityFilter};
 use ims_domain::{
-    Image, ImageListQuery, ImageStatus, ListScope, Member, Project, Role, SortDir, SortKey, User,
-    Visibility, from_micros, to_micros,
+    Image, ImageListQuery, ImageStatus, Limit, ListScope, Member, Project, QuotaResource, Role,
+    SortDir, SortKey, User, Visibility, from_micros, to_micros,
 };
 use time::OffsetDateTime;
 
-use crate::{MetaError, MetaResult, MetaStore, ProjectUsage};
+use crate::{IMPORTING_TO_STORES_PROPERTY, MetaError, MetaResult, MetaStore, ProjectUsage};
 
 /// The in-memory [`MetaStore`].
 #[derive(Debug, Default)]
@@ -36,6 +36,8 @@ struct State {
     secrets: BTreeMap<String, Vec<u8>>,
     /// audit id → expiry (Unix seconds).
     revoked_tokens: BTreeMap<String, i64>,
+    /// (project id, resource) → the project's own limit.
+    project_limits: BTreeMap<(String, QuotaResource), Limit>,
 }
 
 impl MemoryStore {
@@ -284,15 +286,65 @@ impl MetaStore for MemoryStore {
     async fn project_usage(&self, owner: &str) -> MetaResult<ProjectUsage> {
         let st = self.state();
         let mut usage = ProjectUsage::default();
-        for image in st
-            .images
-            .values()
-            .filter(|i| i.owner.as_deref() == Some(owner) && !is_deleted(i))
-        {
+        for image in st.images.values().filter(|i| {
+            i.owner.as_deref() == Some(owner) && !is_deleted(i) && i.status != ImageStatus::Killed
+        }) {
             usage.image_count_total += 1;
-            usage.image_size_total += image.size().unwrap_or(0);
+            if let Some(data) = &image.data {
+                usage.image_size_total += data.size * data.stores.len() as i64;
+            }
+            let in_flight = matches!(
+                image.status,
+                ImageStatus::Saving | ImageStatus::Uploading | ImageStatus::Importing
+            );
+            let copying = image
+                .properties
+                .get(IMPORTING_TO_STORES_PROPERTY)
+                .is_some_and(|v| !v.is_empty());
+            if in_flight || copying {
+                usage.image_count_uploading += 1;
+            }
+            if matches!(
+                image.status,
+                ImageStatus::Uploading | ImageStatus::Importing
+            ) {
+                usage.staged_images.push(image.id);
+            } else if copying {
+                usage.copying_size += image.size().unwrap_or(0);
+            }
         }
         Ok(usage)
+    }
+
+    async fn set_project_limit(
+        &self,
+        project_id: &str,
+        resource: QuotaResource,
+        limit: Option<Limit>,
+    ) -> MetaResult<()> {
+        let mut st = self.state();
+        let key = (project_id.to_owned(), resource);
+        match limit {
+            Some(limit) => {
+                st.project_limits.insert(key, limit);
+            }
+            None => {
+                st.project_limits.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn project_limits(&self, project_id: &str) -> MetaResult<Vec<(QuotaResource, Limit)>> {
+        let st = self.state();
+        Ok(QuotaResource::ALL
+            .into_iter()
+            .filter_map(|r| {
+                st.project_limits
+                    .get(&(project_id.to_owned(), r))
+                    .map(|l| (r, *l))
+            })
+            .collect())
     }
 
     async fn referenced_blob_keys(&self) -> MetaResult<Vec<String>> {

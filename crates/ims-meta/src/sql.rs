@@ -20,8 +20,8 @@ use ims_domain::image::{ImageData, ImageLocation, LocationData};
 use ims_domain::member::MemberStatus;
 use ims_domain::query::{MatchField, MemberStatusFilter, TimeField, VisibilityFilter};
 use ims_domain::{
-    Image, ImageListQuery, ImageStatus, ListScope, Member, Project, Role, SortDir, SortKey, User,
-    Visibility, from_micros, to_micros,
+    Image, ImageListQuery, ImageStatus, Limit, ListScope, Member, Project, QuotaResource, Role,
+    SortDir, SortKey, User, Visibility, from_micros, to_micros,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -962,19 +962,96 @@ impl MetaStore for SqlStore {
     }
 
     async fn project_usage(&self, owner: &str) -> MetaResult<ProjectUsage> {
-        let stmt = Stmt::with(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM images \
-             WHERE owner = $1 AND deleted_at IS NULL AND status <> 'deleted'",
-            vec![text(owner)],
+        let store_count = match self.dialect() {
+            Dialect::Sqlite => "json_array_length(stores_json)",
+            Dialect::Postgres => "json_array_length(stores_json::json)",
+        };
+        let sql = format!(
+            "SELECT COUNT(*), \
+             CAST(COALESCE(SUM(size * {store_count}), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN status IN ('saving', 'uploading', 'importing') \
+                  OR copying THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN status NOT IN ('uploading', 'importing') AND copying \
+                  THEN COALESCE(size, 0) ELSE 0 END), 0) AS BIGINT) \
+             FROM (SELECT size, status, stores_json, EXISTS (SELECT 1 FROM image_properties p \
+                   WHERE p.image_id = i.id AND p.name = $2 AND p.value <> '') AS copying \
+                   FROM images i WHERE owner = $1 AND deleted_at IS NULL \
+                   AND status NOT IN ('deleted', 'killed')) live"
         );
-        let (count, size) = on_pool!(self, pool => bind_args!(sqlx::query_as::<_, (i64, i64)>(&stmt.sql), &stmt.args)
+        let stmt = Stmt::with(
+            &sql,
+            vec![text(owner), text(crate::IMPORTING_TO_STORES_PROPERTY)],
+        );
+        let (count, size, uploading, copying) = on_pool!(self, pool => bind_args!(sqlx::query_as::<_, (i64, i64, i64, i64)>(&stmt.sql), &stmt.args)
             .fetch_one(pool)
             .await
             .map_err(db_error("project_usage")))?;
+        let staged = Stmt::with(
+            "SELECT id FROM images WHERE owner = $1 AND deleted_at IS NULL \
+             AND status IN ('uploading', 'importing') ORDER BY id",
+            vec![text(owner)],
+        );
+        let staged_images = self
+            .fetch_strings("project_usage", staged)
+            .await?
+            .iter()
+            .map(|id| {
+                uuid::Uuid::parse_str(id).map_err(|e| corrupt(format_args!("image id {id}: {e}")))
+            })
+            .collect::<MetaResult<Vec<_>>>()?;
         Ok(ProjectUsage {
             image_size_total: size,
             image_count_total: count,
+            image_count_uploading: uploading,
+            copying_size: copying,
+            staged_images,
         })
+    }
+
+    async fn set_project_limit(
+        &self,
+        project_id: &str,
+        resource: QuotaResource,
+        limit: Option<Limit>,
+    ) -> MetaResult<()> {
+        let stmt = match limit {
+            Some(limit) => Stmt::with(
+                "INSERT INTO project_limits (project_id, resource, resource_limit) \
+                 VALUES ($1, $2, $3) ON CONFLICT (project_id, resource) \
+                 DO UPDATE SET resource_limit = excluded.resource_limit",
+                vec![
+                    text(project_id),
+                    text(resource.as_str()),
+                    Arg::Int(limit.to_signed()),
+                ],
+            ),
+            None => Stmt::with(
+                "DELETE FROM project_limits WHERE project_id = $1 AND resource = $2",
+                vec![text(project_id), text(resource.as_str())],
+            ),
+        };
+        self.execute("set_project_limit", stmt).await.map(drop)
+    }
+
+    async fn project_limits(&self, project_id: &str) -> MetaResult<Vec<(QuotaResource, Limit)>> {
+        let stmt = Stmt::with(
+            "SELECT resource, resource_limit FROM project_limits WHERE project_id = $1",
+            vec![text(project_id)],
+        );
+        let rows = on_pool!(self, pool => bind_args!(sqlx::query_as::<_, (String, i64)>(&stmt.sql), &stmt.args)
+            .fetch_all(pool)
+            .await
+            .map_err(db_error("project_limits")))?;
+        let mut limits = rows
+            .into_iter()
+            .map(|(name, limit)| {
+                QuotaResource::parse(&name)
+                    .map(|r| (r, Limit::from_signed(limit)))
+                    .ok_or_else(|| corrupt(format_args!("unknown limit {name:?}")))
+            })
+            .collect::<MetaResult<Vec<_>>>()?;
+        limits.sort_by_key(|(r, _)| *r);
+        Ok(limits)
     }
 
     async fn referenced_blob_keys(&self) -> MetaResult<Vec<String>> {
