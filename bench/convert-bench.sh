@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # convert-bench.sh [WORKDIR] -- `ims img convert` vs `qemu-img convert` on the same input,
-# interleaved (ims, qemu, ims, qemu, ... per pair), every source x target pair.
+# interleaved (ims, qemu, qemu, ims, ims, qemu ... per pair: who goes first alternates), every source x target pair.
 # Not a timed test: prints the median wall time of RUNS runs per tool, the ratio qemu/ims
 # (> 1 = ims faster), CPU seconds (user+sys, median) and peak RSS (/usr/bin/time), and the
 # 1-minute load average when the pair started; then peak RSS on a 10 GiB input.
@@ -90,17 +90,25 @@ for s in "${SOURCE_ORDER[@]}"; do
     load=$(cut -d' ' -f1 /proc/loadavg)
     it=(); ic=(); ir=0; qt=(); qc=(); qr=0
     for rep in $(seq "$RUNS"); do
-      read -r a c r < <(run "$W/conv.ims" "$IMS" img convert $iargs "$file" "$W/conv.ims")
-      it+=("$a"); ic+=("$c"); ((r > ir)) && ir=$r
-      printf '%s\t%s\tims\t%s\t%s\t%s\t%s\t%s\n' "$s" "$label" "$rep" "$a" "$c" "$r" "$load" >>"$RUNS_TSV"
-      if [[ $qargs == =* ]]; then
-        read -r a c r <<<"${QT[$s ${qargs#=} $rep]:-nan nan 0}"
-      else
-        read -r a c r < <(run "$W/conv.qemu" qemu-img convert $qargs "$file" "$W/conv.qemu")
-        QT[$s $label $rep]="$a $c $r"
-        printf '%s\t%s\tqemu\t%s\t%s\t%s\t%s\t%s\n' "$s" "$label" "$rep" "$a" "$c" "$r" "$load" >>"$RUNS_TSV"
-      fi
-      qt+=("$a"); qc+=("$c"); ((r > qr)) && qr=$r
+      # The tool that runs second finds the first one's output just deleted (page-cache
+      # reclaim, the VM's free-page reporting): alternate who goes first.
+      order="ims qemu"; ((rep % 2 == 0)) && order="qemu ims"
+      for tool in $order; do
+        if [[ $tool == ims ]]; then
+          read -r a c r < <(run "$W/conv.ims" "$IMS" img convert $iargs "$file" "$W/conv.ims")
+          it+=("$a"); ic+=("$c"); ((r > ir)) && ir=$r
+          printf '%s\t%s\tims\t%s\t%s\t%s\t%s\t%s\n' "$s" "$label" "$rep" "$a" "$c" "$r" "$load" >>"$RUNS_TSV"
+          continue
+        fi
+        if [[ $qargs == =* ]]; then
+          read -r a c r <<<"${QT[$s ${qargs#=} $rep]:-nan nan 0}"
+        else
+          read -r a c r < <(run "$W/conv.qemu" qemu-img convert $qargs "$file" "$W/conv.qemu")
+          QT[$s $label $rep]="$a $c $r"
+          printf '%s\t%s\tqemu\t%s\t%s\t%s\t%s\t%s\n' "$s" "$label" "$rep" "$a" "$c" "$r" "$load" >>"$RUNS_TSV"
+        fi
+        qt+=("$a"); qc+=("$c"); ((r > qr)) && qr=$r
+      done
     done
     ti=$(printf '%s\n' "${it[@]}" | median); tq=$(printf '%s\n' "${qt[@]}" | median)
     ci=$(printf '%s\n' "${ic[@]}" | median); cq=$(printf '%s\n' "${qc[@]}" | median)

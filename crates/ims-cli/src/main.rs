@@ -480,7 +480,31 @@ async fn access_key(app: &App, command: AccessKeyCommand) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (mimalloc.h; libmimalloc-sys does
+/// not name it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Process settings for the offline `ims img` commands, before any work starts:
+/// - a closed stdout pipe (`ims img info x | head`) ends the process quietly, as it does any
+///   Unix filter, instead of a panic in `println!` (Rust ignores SIGPIPE by default);
+/// - no transparent huge pages: the converter's buffers are a few MiB each and freed memory
+///   in a 2 MiB huge page stays resident (measured: +20–40 MiB peak RSS on 10 GiB converts);
+/// - mimalloc returns freed pages to the OS after 1 ms instead of 1 s (v3's default), so the batches
+///   recycled by the converter's workers do not pile up as retained memory.
+fn tune_offline_process() {
+    // SAFETY: the calls take plain integers and run before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1);
+    }
+}
+
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Img(_) = cli.command {
+        tune_offline_process();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IMS_LOG")
@@ -488,7 +512,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    if let Command::Img(args) = cli.command {
+        // Offline and synchronous: no async runtime (its worker threads would be idle).
+        return finish(img::run(args));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -501,11 +528,27 @@ fn main() -> ExitCode {
             Command::Img(args) => img::run(args),
         }
     });
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ims: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_purge_delay_option_number_is_mimallocs() {
+        // mimalloc v3's default purge delay is 1000 ms (options.c): a different value here means
+        // the option's position in `mi_option_t` moved and `tune_offline_process` sets another.
+        // SAFETY: reads an option; no memory of ours is involved.
+        let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(delay, 1000);
     }
 }

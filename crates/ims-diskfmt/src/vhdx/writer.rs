@@ -12,13 +12,14 @@ use zerocopy::IntoBytes;
 use zerocopy::byteorder::{LittleEndian, U16, U32, U64};
 
 use super::header::{
-    BAT_FULLY_PRESENT, BAT_GUID, FILE_ID, FILE_PARAMETERS_GUID, FILE_PARAMETERS_LEAVE_ALLOCATED,
-    HEADER_LEN, HEADER_OFFSETS, HEADER_SECTION_END, HEADER_SIGNATURE, HeaderRaw,
-    LOGICAL_SECTOR_GUID, MAX_BLOCK_SIZE, MAX_VIRTUAL_SIZE, METADATA_FLAG_IS_VIRTUAL_DISK,
-    METADATA_FLAG_REQUIRED, METADATA_GUID, METADATA_SIGNATURE, METADATA_TABLE_LEN, MIB,
-    MIN_BLOCK_SIZE, MetadataEntryRaw, MetadataTableHeaderRaw, PAGE83_GUID, PHYSICAL_SECTOR_GUID,
-    REGION_FLAG_REQUIRED, REGION_SIGNATURE, REGION_TABLE_LEN, REGION_TABLE_OFFSETS, RegionEntryRaw,
-    TableHeaderRaw, VIRTUAL_DISK_SIZE_GUID, crc32c_without_checksum,
+    BAT_FULLY_PRESENT, BAT_GUID, BAT_OFFSET_MASK, BAT_STATE_MASK, FILE_ID, FILE_PARAMETERS_GUID,
+    FILE_PARAMETERS_LEAVE_ALLOCATED, HEADER_LEN, HEADER_OFFSETS, HEADER_SECTION_END,
+    HEADER_SIGNATURE, HeaderRaw, LOGICAL_SECTOR_GUID, MAX_BLOCK_SIZE, MAX_VIRTUAL_SIZE,
+    METADATA_FLAG_IS_VIRTUAL_DISK, METADATA_FLAG_REQUIRED, METADATA_GUID, METADATA_SIGNATURE,
+    METADATA_TABLE_LEN, MIB, MIN_BLOCK_SIZE, MetadataEntryRaw, MetadataTableHeaderRaw, PAGE83_GUID,
+    PHYSICAL_SECTOR_GUID, REGION_FLAG_REQUIRED, REGION_SIGNATURE, REGION_TABLE_LEN,
+    REGION_TABLE_OFFSETS, RegionEntryRaw, TableHeaderRaw, VIRTUAL_DISK_SIZE_GUID,
+    crc32c_without_checksum,
 };
 use super::parser::MetadataItems;
 use crate::Format;
@@ -38,6 +39,9 @@ const METADATA_REGION_LEN: u64 = MIB;
 /// filesystem's page size, the unit a hole can save.
 const SPARSE_GRANULE: usize = 4096;
 const CREATOR: &str = "ims";
+/// The converter hands payload blocks over in pieces of at most this size: a VHDX block is
+/// 8–64 MiB, and a batch per worker of whole blocks would put ~100 MiB in flight.
+const PIECE: u64 = 2 * MIB;
 
 /// qemu's default block size by disk size (vhdx.c).
 fn default_block_size(size: u64) -> u64 {
@@ -254,7 +258,7 @@ impl VhdxWriter {
 
 impl DiskWriter for VhdxWriter {
     fn block_size(&self) -> u64 {
-        u64::from(self.items.block_size)
+        u64::from(self.items.block_size).min(PIECE)
     }
 
     fn encoder(&self) -> Option<Arc<dyn BlockEncoder>> {
@@ -277,6 +281,9 @@ impl DiskWriter for VhdxWriter {
         let index = self.items.bat_index(block) as usize;
         let file_offset = if self.items.leave_blocks_allocated {
             self.payload_offset + block * block_size
+        } else if self.bat[index] & BAT_STATE_MASK == BAT_FULLY_PRESENT {
+            // A later piece of a block an earlier piece allocated (pieces come in order).
+            self.bat[index] & BAT_OFFSET_MASK
         } else {
             let at = self.next_free;
             self.next_free += block_size;

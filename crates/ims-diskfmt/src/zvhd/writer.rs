@@ -12,6 +12,7 @@
 //! trailer); `finish` writes the end marker, index, bitmap and final footer (`formats.md`
 //! §8.4). Output is deterministic: timestamp 0, uuid derived from the sizes and block map.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use flate2::{Compress, Compression, FlushCompress};
@@ -38,34 +39,76 @@ const ZSTD_LEVEL: i32 = 3;
 /// The zlib header for a 32 KiB window at the fastest level (CMF 0x78, FLEVEL 0).
 const ZLIB_HEADER: [u8; 2] = [0x78, 0x01];
 
-/// Raw deflate of `data` ending with a sync flush; `zlib_header` prepends a zlib header.
-fn deflate_sync(data: &[u8], zlib_header: bool) -> Result<Vec<u8>, DiskError> {
-    let mut deflate = Compress::new(Compression::new(ZLIB_LEVEL), zlib_header);
-    let mut out = Vec::with_capacity(data.len() / 2 + 4096);
+/// Per-thread encoder state: one deflater per stream kind, a zstd context, and scratch buffers
+/// for padding a short last block and for the compressed output. A record handed to the writer
+/// is an exact-size copy of the scratch output, so batches in flight hold what their blocks
+/// compress to, not a worst-case buffer each.
+struct Scratch {
+    raw_deflate: Compress,
+    zlib_deflate: Compress,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    padded: Vec<u8>,
+    out: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        raw_deflate: Compress::new(Compression::new(ZLIB_LEVEL), false),
+        zlib_deflate: Compress::new(Compression::new(ZLIB_LEVEL), true),
+        zstd: None,
+        padded: Vec::new(),
+        out: Vec::new(),
+    });
+}
+
+/// Deflate of `data` into `out` ending with a sync flush (raw or zlib-wrapped, as `deflater`
+/// was made).
+fn deflate_sync(deflater: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> Result<(), DiskError> {
+    deflater.reset();
+    out.clear();
+    out.reserve(data.len() / 2 + 4096);
     loop {
-        let consumed = deflate.total_in() as usize;
+        let consumed = deflater.total_in() as usize;
         if out.len() == out.capacity() {
             out.reserve(out.capacity().max(4096));
         }
-        deflate
-            .compress_vec(&data[consumed..], &mut out, FlushCompress::Sync)
+        deflater
+            .compress_vec(&data[consumed..], out, FlushCompress::Sync)
             .map_err(|e| DiskError::unsupported(format!("deflate failed: {e}")))?;
         // Done once all input is in and the flush fit in the spare capacity.
-        if deflate.total_in() as usize == data.len() && out.len() < out.capacity() {
-            return Ok(out);
+        if deflater.total_in() as usize == data.len() && out.len() < out.capacity() {
+            return Ok(());
         }
     }
 }
 
-/// A full block: the converter hands a short last block; records always hold a whole block.
-fn whole_block(data: &[u8], block_size: u64) -> std::borrow::Cow<'_, [u8]> {
-    if data.len() as u64 == block_size {
-        std::borrow::Cow::Borrowed(data)
+/// A full block in `padded` unless `data` is one already: the converter hands a short last
+/// block; records always hold a whole block.
+fn whole_block<'a>(data: &'a [u8], padded: &'a mut Vec<u8>) -> &'a [u8] {
+    if data.len() as u64 == BLOCK_SIZE {
+        data
     } else {
-        let mut padded = data.to_vec();
-        padded.resize(block_size as usize, 0);
-        std::borrow::Cow::Owned(padded)
+        padded.clear();
+        padded.extend_from_slice(data);
+        padded.resize(BLOCK_SIZE as usize, 0);
+        padded
     }
+}
+
+/// Runs `encode(scratch, whole block, output)` on this thread's scratch.
+fn with_scratch<T>(
+    data: &[u8],
+    encode: impl FnOnce(&mut Scratch, &[u8], &mut Vec<u8>) -> Result<T, DiskError>,
+) -> Result<T, DiskError> {
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let mut padded = std::mem::take(&mut scratch.padded);
+        let mut out = std::mem::take(&mut scratch.out);
+        let result = encode(&mut *scratch, whole_block(data, &mut padded), &mut out);
+        scratch.padded = padded;
+        scratch.out = out;
+        result
+    })
 }
 
 fn sizes(format: Format, virtual_size: u64) -> Result<(u64, u64), DiskError> {
@@ -145,7 +188,10 @@ struct ZvhdEncoder;
 
 impl BlockEncoder for ZvhdEncoder {
     fn encode(&self, _offset: u64, data: &[u8]) -> Result<Vec<u8>, DiskError> {
-        deflate_sync(&whole_block(data, BLOCK_SIZE), false)
+        with_scratch(data, |scratch, block, out| {
+            deflate_sync(&mut scratch.raw_deflate, block, out)?;
+            Ok(out.as_slice().to_vec())
+        })
     }
 }
 
@@ -229,16 +275,29 @@ struct Zvhd2Encoder {
 
 impl BlockEncoder for Zvhd2Encoder {
     fn encode(&self, offset: u64, data: &[u8]) -> Result<Vec<u8>, DiskError> {
-        let data = whole_block(data, BLOCK_SIZE);
-        let payload = if self.method == COMPRESS_ZSTD {
-            zstd::bulk::compress(&data, ZSTD_LEVEL)
-                .map_err(|e| DiskError::unsupported(format!("zstd compression failed: {e}")))?
-        } else {
-            deflate_sync(&data, true)?
-        };
         let block = u32::try_from(offset / BLOCK_SIZE)
             .map_err(|_| DiskError::too_large(Format::Zvhd2, "block number", offset, u64::MAX))?;
-        Ok(record(block, &payload))
+        with_scratch(data, |scratch, data, out| {
+            if self.method == COMPRESS_ZSTD {
+                let zstd_failed = |e: std::io::Error| {
+                    DiskError::unsupported(format!("zstd compression failed: {e}"))
+                };
+                let compressor = match &mut scratch.zstd {
+                    Some(compressor) => compressor,
+                    slot => {
+                        slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(zstd_failed)?)
+                    }
+                };
+                out.clear();
+                out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+                compressor
+                    .compress_to_buffer(data, out)
+                    .map_err(zstd_failed)?;
+            } else {
+                deflate_sync(&mut scratch.zlib_deflate, data, out)?;
+            }
+            Ok(record(block, out))
+        })
     }
 }
 
