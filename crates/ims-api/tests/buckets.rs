@@ -195,9 +195,11 @@ async fn bucket_import_and_export_round_trip_through_garage() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.data_dir = dir.path().join("data");
-    config.buckets = Some(connection);
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        buckets: Some(connection),
+        ..Config::default()
+    };
     let app = Arc::new(App::in_memory(config).await);
     app.identity.bootstrap(Some("adminpw")).await.unwrap();
     let project = app.identity.create_project("team").await.unwrap();
@@ -365,9 +367,11 @@ async fn an_export_cut_by_a_restart_resumes_and_leaves_no_garbage() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.data_dir = dir.path().join("data");
-    config.buckets = Some(connection);
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        buckets: Some(connection),
+        ..Config::default()
+    };
     let work_dir = config.work_dir();
 
     // A 128 MiB raw disk of varied data: converting it to ZVHD2 (zstd) takes a while.
@@ -670,9 +674,11 @@ async fn export_node_process() {
     let (mut connection, _) =
         ims_blob::conformance::s3_test_server().expect("the S3 test server of the parent test");
     connection.endpoint = Some(endpoint);
-    let mut config = Config::default();
-    config.data_dir = data_dir.into();
-    config.buckets = Some(connection);
+    let config = Config {
+        data_dir: data_dir.into(),
+        buckets: Some(connection),
+        ..Config::default()
+    };
     let app = Arc::new(App::open(config).await.unwrap());
     let _runner = app.runner(fast_runner("killed-node")).start();
     eprintln!("export node running");
@@ -716,9 +722,11 @@ async fn a_sigkilled_export_resumes_and_leaves_no_incomplete_upload() {
     };
     let s3 = S3Inspector::new(&connection);
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.data_dir = dir.path().join("data");
-    config.buckets = Some(connection);
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        buckets: Some(connection),
+        ..Config::default()
+    };
     let work_dir = config.work_dir();
 
     // 96 MiB of varied data: its qcow2 export is seven parts.
@@ -757,14 +765,13 @@ async fn a_sigkilled_export_resumes_and_leaves_no_incomplete_upload() {
     for _ in 0..1200 {
         let job = jobs.get(id).await.unwrap().unwrap();
         assert!(!job.status.is_finished(), "{job:?}\n{}", node_log());
-        if let Some(recorded) = job.state.as_ref().map(|s| &s["upload"]) {
-            if let Some(upload) = recorded["upload_id"].as_str() {
-                assert_eq!(recorded["bucket"], bucket.as_str(), "{recorded}");
-                assert_eq!(recorded["object"], object.as_str(), "{recorded}");
-                if s3.part_count(&bucket, &object, upload).await > 0 {
-                    upload_id = Some(upload.to_string());
-                    break;
-                }
+        let recorded = job.state.as_ref().map_or(&Value::Null, |s| &s["upload"]);
+        if let Some(upload) = recorded["upload_id"].as_str() {
+            assert_eq!(recorded["bucket"], bucket.as_str(), "{recorded}");
+            assert_eq!(recorded["object"], object.as_str(), "{recorded}");
+            if s3.part_count(&bucket, &object, upload).await > 0 {
+                upload_id = Some(upload.to_string());
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -835,9 +842,11 @@ async fn an_export_that_fails_for_good_leaves_no_incomplete_upload() {
     };
     let s3 = S3Inspector::new(&connection);
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.data_dir = dir.path().join("data");
-    config.buckets = Some(connection);
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        buckets: Some(connection),
+        ..Config::default()
+    };
     let (app, client) = open_node(&config, true).await;
     let data: Vec<u8> = (0..40u32 << 20).map(|i| (i % 251) as u8).collect();
     let image_id = upload_raw_image(&client, "short-blob", data).await;

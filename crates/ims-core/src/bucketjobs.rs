@@ -489,7 +489,7 @@ impl CloudImageService {
         let buckets = self.buckets(&action)?;
         // An earlier attempt killed mid-upload aborted nothing: abort what it recorded.
         if let Some(left) = RecordedUpload::from_state(ctx.state().as_ref()) {
-            left.abort(&buckets).await?;
+            left.abort(buckets).await?;
             update_state(ctx, |state| {
                 state.remove(UPLOAD_STATE_KEY);
             })
@@ -508,7 +508,7 @@ impl CloudImageService {
         let (written, format) = match params.format {
             None => {
                 let blob = exactly(blob, data.size.max(0) as u64, &key);
-                let size = upload_recorded(ctx, &buckets, target, blob).await?;
+                let size = upload_recorded(ctx, buckets, target, blob).await?;
                 (size, image.disk_format.clone().unwrap_or_default())
             }
             Some(format) => {
@@ -529,7 +529,7 @@ impl CloudImageService {
                 drop(source);
                 save_percent(ctx, 70.0).await?;
                 let stream = converted.file.stream().await?;
-                let size = upload_recorded(ctx, &buckets, target, stream.boxed()).await?;
+                let size = upload_recorded(ctx, buckets, target, stream.boxed()).await?;
                 (size, format.as_str().to_string())
             }
         };
