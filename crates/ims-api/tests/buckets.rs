@@ -4,7 +4,10 @@
 //! the source, and as ZVHD and ZVHD2 files (which qemu-img cannot read) whose content the
 //! independent `ims-diskfmt/tests/zvhd_check.py` and this crate's reader find equal to it; a
 //! declared format that does not match the object's content fails the job. An export whose node
-//! dies mid-way leaves no object and no work file, and finishes on the next node.
+//! dies mid-way leaves no object and no work file, and finishes on the next node. An export whose
+//! process is SIGKILLed mid-upload (this test binary, run again as a node, killed while its
+//! multipart upload has parts), or that fails for good mid-upload, leaves zero incomplete
+//! multipart uploads in the bucket (S3's ListMultipartUploads, signed here with SigV4).
 
 mod common;
 
@@ -192,9 +195,11 @@ async fn bucket_import_and_export_round_trip_through_garage() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.data_dir = dir.path().join("data");
-    config.buckets = Some(connection);
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        buckets: Some(connection),
+        ..Config::default()
+    };
     let app = Arc::new(App::in_memory(config).await);
     app.identity.bootstrap(Some("adminpw")).await.unwrap();
     let project = app.identity.create_project("team").await.unwrap();
@@ -362,9 +367,11 @@ async fn an_export_cut_by_a_restart_resumes_and_leaves_no_garbage() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.data_dir = dir.path().join("data");
-    config.buckets = Some(connection);
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        buckets: Some(connection),
+        ..Config::default()
+    };
     let work_dir = config.work_dir();
 
     // A 128 MiB raw disk of varied data: converting it to ZVHD2 (zstd) takes a while.
@@ -446,4 +453,458 @@ async fn an_export_cut_by_a_restart_resumes_and_leaves_no_garbage() {
         Vec::<String>::new(),
         "no work file left"
     );
+}
+
+/// S3 requests `object_store` does not make (ListMultipartUploads, ListParts), signed with AWS
+/// SigV4 (header form, empty payload) for the test server's key.
+struct S3Inspector {
+    /// `http://host:port`, no trailing `/`.
+    endpoint: String,
+    host: String,
+    region: String,
+    access_key: String,
+    secret_key: String,
+}
+
+/// S3's URI encoding (RFC 3986 unreserved characters kept), `/` kept too when `keep_slash`.
+fn s3_encode(text: &str, keep_slash: bool) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b'/' if keep_slash => "/".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The texts of every `<tag>…</tag>` in `xml`.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(v, _)| v.to_string()))
+        .collect()
+}
+
+impl S3Inspector {
+    fn new(connection: &ims_blob::s3conf::S3Connection) -> S3Inspector {
+        let endpoint = connection
+            .endpoint
+            .clone()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string();
+        let host = endpoint.split_once("://").unwrap().1.to_string();
+        S3Inspector {
+            endpoint,
+            host,
+            region: connection.region.clone().unwrap(),
+            access_key: connection.access_key_id.clone().unwrap(),
+            secret_key: connection
+                .secret_access_key
+                .as_ref()
+                .unwrap()
+                .expose()
+                .to_string(),
+        }
+    }
+
+    /// A signed `GET path?query`; returns the body of a 2xx answer.
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> String {
+        let amz_date = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .unwrap();
+        let day = &amz_date[..8];
+        let mut pairs: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{}={}", s3_encode(k, false), s3_encode(v, false)))
+            .collect();
+        pairs.sort();
+        let query = pairs.join("&");
+        let payload_hash = hex_sha256(b"");
+        let signed_headers = "host;x-amz-content-sha256;x-amz-date";
+        let canonical = format!(
+            "GET\n{path}\n{query}\nhost:{}\nx-amz-content-sha256:{payload_hash}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{payload_hash}",
+            self.host
+        );
+        let scope = format!("{day}/{}/s3/aws4_request", self.region);
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex_sha256(canonical.as_bytes())
+        );
+        let mut key = format!("AWS4{}", self.secret_key).into_bytes();
+        for part in [day, &self.region, "s3", "aws4_request"] {
+            key = hmac_sha256(&key, part.as_bytes());
+        }
+        let signature = hex::encode(hmac_sha256(&key, to_sign.as_bytes()));
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+            self.access_key
+        );
+        let reply = reqwest::Client::new()
+            .get(format!("{}{path}?{query}", self.endpoint))
+            .header("x-amz-date", &amz_date)
+            .header("x-amz-content-sha256", &payload_hash)
+            .header("authorization", authorization)
+            .send()
+            .await
+            .unwrap();
+        let status = reply.status();
+        let body = reply.text().await.unwrap();
+        assert!(status.is_success(), "GET {path}?{query}: {status} {body}");
+        body
+    }
+
+    /// The ids of the incomplete multipart uploads of keys under `prefix` (ListMultipartUploads).
+    async fn incomplete_uploads(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let xml = self
+            .get(
+                &format!("/{bucket}"),
+                &[("uploads", ""), ("prefix", prefix)],
+            )
+            .await;
+        assert!(
+            xml_values(&xml, "IsTruncated") != ["true"],
+            "more uploads than one listing holds: {xml}"
+        );
+        xml_values(&xml, "UploadId")
+    }
+
+    /// How many parts the upload holds so far (ListParts).
+    async fn part_count(&self, bucket: &str, key: &str, upload_id: &str) -> usize {
+        let path = format!("/{bucket}/{}", s3_encode(key, true));
+        let xml = self.get(&path, &[("uploadId", upload_id)]).await;
+        xml_values(&xml, "PartNumber").len()
+    }
+}
+
+/// A TCP relay to `upstream` that forwards what clients send at most `bytes_per_sec` (all
+/// connections together), so an upload through it takes seconds and can be cut mid-way.
+async fn throttled_relay(upstream: String, bytes_per_sec: f64) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let next_send = Arc::new(tokio::sync::Mutex::new(tokio::time::Instant::now()));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (upstream, next_send) = (upstream.clone(), next_send.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let answers = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = match client_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let at = {
+                        let mut next = next_send.lock().await;
+                        let at = (*next).max(tokio::time::Instant::now());
+                        *next = at + Duration::from_secs_f64(n as f64 / bytes_per_sec);
+                        at
+                    };
+                    tokio::time::sleep_until(at).await;
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = server_write.shutdown().await;
+                let _ = answers.await;
+            });
+        }
+    });
+    addr
+}
+
+/// Environment of [`export_node_process`]: the node's data directory…
+const NODE_DATA_DIR_ENV: &str = "IMS_TEST_EXPORT_NODE_DATA_DIR";
+/// …and the S3 endpoint it reaches the buckets through.
+const NODE_S3_ENDPOINT_ENV: &str = "IMS_TEST_EXPORT_NODE_S3_ENDPOINT";
+
+/// A child process, SIGKILLed when dropped (so a failing test leaves no node running).
+struct NodeProcess(std::process::Child);
+
+impl NodeProcess {
+    /// Kills the process with SIGKILL, as the OOM killer or a power cut would: nothing of its
+    /// own runs after this (no `Drop`, no abort of its uploads).
+    fn sigkill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Not a test of its own: the node process that
+/// `a_sigkilled_export_resumes_and_leaves_no_incomplete_upload` starts (this test binary run
+/// again with only this test) and kills. It runs export jobs on the data directory and S3
+/// endpoint its environment names until it is killed; without them it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a node process started (and SIGKILLed) by a_sigkilled_export_resumes_and_leaves_no_incomplete_upload"]
+async fn export_node_process() {
+    let (Ok(data_dir), Ok(endpoint)) = (
+        std::env::var(NODE_DATA_DIR_ENV),
+        std::env::var(NODE_S3_ENDPOINT_ENV),
+    ) else {
+        eprintln!("{NODE_DATA_DIR_ENV} and {NODE_S3_ENDPOINT_ENV} are not set: nothing to run");
+        return;
+    };
+    let (mut connection, _) =
+        ims_blob::conformance::s3_test_server().expect("the S3 test server of the parent test");
+    connection.endpoint = Some(endpoint);
+    let config = Config {
+        data_dir: data_dir.into(),
+        buckets: Some(connection),
+        ..Config::default()
+    };
+    let app = Arc::new(App::open(config).await.unwrap());
+    let _runner = app.runner(fast_runner("killed-node")).start();
+    eprintln!("export node running");
+    std::future::pending::<()>().await;
+}
+
+/// Creates image `name` in alice's project from `data` (raw); returns its id.
+async fn upload_raw_image(client: &Client, name: &str, data: Vec<u8>) -> String {
+    let created = client
+        .call(
+            "POST",
+            "/v2/images",
+            Some(
+                json!({"name": name, "disk_format": "raw", "container_format": "bare",
+                        "__os_version": "CentOS 7.9 64bit"}),
+            ),
+        )
+        .await;
+    let image_id = created.json()["id"].as_str().unwrap().to_string();
+    let put = Request::put(format!("/v2/images/{image_id}/file"))
+        .header("x-auth-token", &client.token)
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(data))
+        .unwrap();
+    assert_eq!(
+        send(&client.router, put).await.status,
+        StatusCode::NO_CONTENT
+    );
+    image_id
+}
+
+/// The process running an export is SIGKILLed while its multipart upload has parts in the
+/// bucket: that upload is left behind (S3 keeps it, invisible, until someone aborts it). The
+/// restarted node resumes the job, which aborts the upload its saved state names, writes the
+/// whole object again, and leaves zero incomplete uploads; qemu-img reads the object as the
+/// source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_export_resumes_and_leaves_no_incomplete_upload() {
+    let Some((connection, bucket)) = ims_blob::conformance::s3_test_server() else {
+        return;
+    };
+    let s3 = S3Inspector::new(&connection);
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        buckets: Some(connection),
+        ..Config::default()
+    };
+    let work_dir = config.work_dir();
+
+    // 96 MiB of varied data: its qcow2 export is seven parts.
+    let raw = dir.path().join("source.raw");
+    let data: Vec<u8> = (0..(96u32 << 20) / 4)
+        .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> (i % 7)).to_le_bytes())
+        .collect();
+    std::fs::write(&raw, &data).unwrap();
+    let (app, client) = open_node(&config, true).await;
+    let image_id = upload_raw_image(&client, "to-export", data).await;
+    let jobs = app.cloud_images.jobs().clone();
+
+    // The node that will be killed reaches S3 through a relay passing 12 MiB/s, so its upload
+    // takes about eight seconds.
+    let relay = throttled_relay(s3.host.clone(), f64::from(12u32 << 20)).await;
+    let mut node = NodeProcess(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["export_node_process", "--exact", "--ignored", "--nocapture"])
+            .env(NODE_DATA_DIR_ENV, &config.data_dir)
+            .env(NODE_S3_ENDPOINT_ENV, format!("http://{relay}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("node.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let prefix = format!("sigkill-test-{}/", uuid::Uuid::new_v4().simple());
+    let object = format!("{prefix}disk.qcow2");
+    let job_id = client
+        .start_export(&image_id, &format!("{bucket}:{object}"), "qcow2")
+        .await;
+    let id = uuid::Uuid::parse_str(&job_id).unwrap();
+    let node_log = || std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+
+    // Wait for the recorded upload to hold a part, then kill the node.
+    let mut upload_id = None;
+    for _ in 0..1200 {
+        let job = jobs.get(id).await.unwrap().unwrap();
+        assert!(!job.status.is_finished(), "{job:?}\n{}", node_log());
+        let recorded = job.state.as_ref().map_or(&Value::Null, |s| &s["upload"]);
+        if let Some(upload) = recorded["upload_id"].as_str() {
+            assert_eq!(recorded["bucket"], bucket.as_str(), "{recorded}");
+            assert_eq!(recorded["object"], object.as_str(), "{recorded}");
+            if s3.part_count(&bucket, &object, upload).await > 0 {
+                upload_id = Some(upload.to_string());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let upload_id =
+        upload_id.unwrap_or_else(|| panic!("no part of the upload within 60 s\n{}", node_log()));
+    node.sigkill();
+    let cut = jobs.get(id).await.unwrap().unwrap();
+    assert!(!cut.status.is_finished(), "cut mid-upload: {cut:?}");
+    assert_eq!(
+        s3.incomplete_uploads(&bucket, &prefix).await,
+        vec![upload_id.clone()],
+        "the killed process left its upload"
+    );
+    assert_eq!(
+        app.buckets
+            .clone()
+            .unwrap()
+            .object_size(&bucket, &object)
+            .await
+            .unwrap(),
+        None,
+        "no partial object"
+    );
+    drop((client, app, jobs));
+
+    // The node restarts (its start-up sweep removes the killed run's work files) and resumes.
+    let (app, client) = open_node(&config, false).await;
+    assert_eq!(work_files(&work_dir), Vec::<String>::new());
+    let _runner = app.runner(fast_runner("restarted-node")).start();
+    let job = client.wait_job(&job_id).await;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let done = app.cloud_images.jobs().get(id).await.unwrap().unwrap();
+    assert_eq!(done.attempts, 2, "{done:?}");
+    assert!(
+        done.state
+            .as_ref()
+            .is_some_and(|s| s.get("upload").is_none()),
+        "the finished upload is no longer recorded: {done:?}"
+    );
+    assert_eq!(
+        s3.incomplete_uploads(&bucket, &prefix).await,
+        Vec::<String>::new(),
+        "no incomplete upload left in the bucket"
+    );
+    let buckets = app.buckets.clone().unwrap();
+    let file = dir.path().join("exported.qcow2");
+    std::fs::write(&file, read_object(&buckets, &bucket, &object).await).unwrap();
+    qemu_img(&["check", "-f", "qcow2", file.to_str().unwrap()]);
+    qemu_img(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "qcow2",
+        raw.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+}
+
+/// An export that fails for good after its upload started (the stored data reads short: the
+/// image has 40 MiB, its blob file only 24) aborts that upload: no object and zero incomplete
+/// uploads are left, and the job's state names no upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_that_fails_for_good_leaves_no_incomplete_upload() {
+    let Some((connection, bucket)) = ims_blob::conformance::s3_test_server() else {
+        return;
+    };
+    let s3 = S3Inspector::new(&connection);
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        buckets: Some(connection),
+        ..Config::default()
+    };
+    let (app, client) = open_node(&config, true).await;
+    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i % 251) as u8).collect();
+    let image_id = upload_raw_image(&client, "short-blob", data).await;
+    let blobs: Vec<_> = walk_files(&config.data_dir.join("store/blobs"));
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&blobs[0])
+        .unwrap()
+        .set_len(24 << 20)
+        .unwrap();
+
+    let _runner = app.runner(fast_runner("node")).start();
+    let prefix = format!("failed-export-{}/", uuid::Uuid::new_v4().simple());
+    let object = format!("{prefix}disk.raw");
+    let reply = client
+        .call(
+            "POST",
+            &format!("/v1/cloudimages/{image_id}/file"),
+            Some(json!({"bucket_url": format!("{bucket}:{object}"), "is_quick_export": true})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let job_id = reply.json()["job_id"].as_str().unwrap().to_string();
+    let job = client.wait_job(&job_id).await;
+    assert_eq!(job["status"], "FAIL", "{job}");
+    let id = uuid::Uuid::parse_str(&job_id).unwrap();
+    let failed = app.cloud_images.jobs().get(id).await.unwrap().unwrap();
+    assert_eq!(
+        failed.attempts, 1,
+        "failed for good, not retried: {failed:?}"
+    );
+    assert!(
+        failed
+            .state
+            .as_ref()
+            .is_some_and(|s| s.get("upload").is_none()),
+        "{failed:?}"
+    );
+    assert_eq!(
+        s3.incomplete_uploads(&bucket, &prefix).await,
+        Vec::<String>::new(),
+        "no incomplete upload left in the bucket"
+    );
+    let buckets = app.buckets.clone().unwrap();
+    assert_eq!(buckets.object_size(&bucket, &object).await.unwrap(), None);
+}
+
+/// Every file under `dir`, recursively.
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

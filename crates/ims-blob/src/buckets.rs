@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use object_store::aws::AmazonS3;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 
 use crate::s3::{MultipartWriter, object_size, open_object};
@@ -125,9 +126,40 @@ impl Buckets {
     /// Starts writing an object; it appears (replacing any object of that key) only when the
     /// writer commits, and a writer dropped without commit aborts the upload.
     pub async fn create_object(&self, bucket: &str, key: &str) -> BlobResult<Box<dyn BlobWriter>> {
+        Ok(self.start_upload(bucket, key).await?.1)
+    }
+
+    /// Starts writing an object like [`Buckets::create_object`], and also returns the id of its
+    /// multipart upload, known before any data is sent. A process killed mid-upload runs no
+    /// `Drop`, and S3 keeps (and bills for) an upload nobody completes or aborts; a caller that
+    /// records the id can abort what it left with [`Buckets::abort_upload`] when it runs again.
+    pub async fn start_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> BlobResult<(String, Box<dyn BlobWriter>)> {
         let path = object_path(key)?;
         let client = self.client(bucket)?;
-        Ok(Box::new(MultipartWriter::start(client, path, None).await?))
+        let writer = MultipartWriter::start(client, path, None).await?;
+        Ok((writer.upload_id().to_string(), Box::new(writer)))
+    }
+
+    /// Aborts the multipart upload `upload_id` of `key`, discarding its parts; the object is
+    /// untouched. An upload that no longer exists (completed, aborted or expired) is done.
+    pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> BlobResult<()> {
+        let path = object_path(key)?;
+        match self
+            .client(bucket)?
+            .abort_multipart(&path, &upload_id.to_string())
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(cause) => Err(BlobError::S3 {
+                op: "aborting upload of",
+                key: format!("{bucket}:{key}"),
+                cause,
+            }),
+        }
     }
 
     /// Writes the whole `stream` as the object; returns its size. On any error (from the stream
@@ -136,14 +168,19 @@ impl Buckets {
         &self,
         bucket: &str,
         key: &str,
-        mut stream: BlobStream,
+        stream: BlobStream,
     ) -> BlobResult<u64> {
-        let mut writer = self.create_object(bucket, key).await?;
-        while let Some(chunk) = stream.next().await {
-            writer.write(chunk?).await?;
-        }
-        writer.commit().await
+        write_all(self.create_object(bucket, key).await?, stream).await
     }
+}
+
+/// Writes the whole `stream` through `writer` and commits; returns the size. On an error the
+/// writer is dropped, which aborts its upload.
+pub async fn write_all(mut writer: Box<dyn BlobWriter>, mut stream: BlobStream) -> BlobResult<u64> {
+    while let Some(chunk) = stream.next().await {
+        writer.write(chunk?).await?;
+    }
+    writer.commit().await
 }
 
 #[cfg(test)]
@@ -151,6 +188,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use futures::TryStreamExt;
+    use object_store::PutPayload;
 
     #[test]
     fn bucket_and_key_validation() {
@@ -172,6 +210,55 @@ mod tests {
         ] {
             assert!(object_path(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    /// An upload whose writer never finished (a killed process runs no `Drop`) is aborted by
+    /// the id `start_upload` gave; aborting it again, or aborting a completed upload, is done.
+    #[tokio::test]
+    async fn recorded_uploads_abort_idempotently() {
+        let Some((connection, bucket)) = crate::conformance::s3_test_server() else {
+            return;
+        };
+        let buckets = Buckets::new(connection).unwrap();
+        let key = format!("export/{}/left-behind.qcow2", uuid::Uuid::new_v4());
+        let path = object_path(&key).unwrap();
+        let client = buckets.client(&bucket).unwrap();
+        let (upload_id, mut writer) = buckets.start_upload(&bucket, &key).await.unwrap();
+        writer.write(Bytes::from_static(b"buffered")).await.unwrap();
+        let part = || PutPayload::from(vec![5u8; 1000]);
+        client.put_part(&path, &upload_id, 0, part()).await.unwrap();
+        std::mem::forget(writer);
+
+        buckets
+            .abort_upload(&bucket, &key, &upload_id)
+            .await
+            .unwrap();
+        assert!(
+            client.put_part(&path, &upload_id, 1, part()).await.is_err(),
+            "the aborted upload takes no more parts"
+        );
+        buckets
+            .abort_upload(&bucket, &key, &upload_id)
+            .await
+            .unwrap();
+        assert_eq!(buckets.object_size(&bucket, &key).await.unwrap(), None);
+
+        let (upload_id, mut writer) = buckets.start_upload(&bucket, &key).await.unwrap();
+        writer.write(Bytes::from_static(b"whole")).await.unwrap();
+        assert_eq!(writer.commit().await.unwrap(), 5);
+        buckets
+            .abort_upload(&bucket, &key, &upload_id)
+            .await
+            .unwrap();
+        assert_eq!(
+            buckets.object_size(&bucket, &key).await.unwrap(),
+            Some(5),
+            "aborting a completed upload leaves its object"
+        );
+        assert!(matches!(
+            buckets.abort_upload(&bucket, "a//b", &upload_id).await,
+            Err(BlobError::InvalidObjectKey(_))
+        ));
     }
 
     #[tokio::test]

@@ -367,6 +367,11 @@ impl MultipartWriter {
         Ok(writer)
     }
 
+    /// The S3 upload id, known from [`MultipartWriter::start`] on, before any part is sent.
+    pub(crate) fn upload_id(&self) -> &str {
+        &self.upload_id
+    }
+
     async fn write_marker(&mut self) -> BlobResult<()> {
         if let Some(marker) = &self.marker {
             self.client

@@ -10,13 +10,20 @@
 //! image's data is copied into a work file, converted with the format engine, and streamed to
 //! the bucket as a multipart upload that appears only when complete. Both are idempotent: a
 //! resumed job starts over, and a published image or a re-written object is the same result.
+//!
+//! An export records its multipart upload (`bucket`, `object`, `upload_id`) in the job's state
+//! before it sends a part, and removes the record once the upload is completed or aborted. A
+//! process killed mid-upload aborts nothing, so a resumed run first aborts the upload the state
+//! names: a crash never leaves an incomplete upload (invisible, but billed) in the user's
+//! bucket.
 
 use futures::StreamExt;
-use ims_blob::{BlobError, BlobKey};
+use ims_blob::buckets::Buckets;
+use ims_blob::{BlobError, BlobKey, BlobStream};
 use ims_diskfmt::Format;
 use ims_domain::{Caller, ErrorKind, Image, ImageStatus};
 use ims_jobs::runner::JobContext;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::cloudimages::CloudImageService;
 use crate::error::{ServiceError, ServiceResult};
@@ -42,6 +49,8 @@ pub const EXPORT_FORMATS: [Format; 5] = [
 /// Public-image platforms whose private copies may not be exported (table 5-5).
 const UNEXPORTABLE_PLATFORMS: [&str; 4] = ["Windows", "SUSE", "RedHat", "OracleLinux"];
 const GIB: u64 = 1 << 30;
+/// The key of an export's job state that names the multipart upload it has in progress.
+const UPLOAD_STATE_KEY: &str = "upload";
 
 /// A `bucket:object` reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +231,105 @@ fn bucket_error(what: &str, e: BlobError) -> ServiceError {
     }
 }
 
+/// Saves the job's state with `change` applied to what was saved last, so an export's upload
+/// record and its progress do not overwrite each other.
+async fn update_state(
+    ctx: &JobContext,
+    change: impl FnOnce(&mut Map<String, Value>),
+) -> ServiceResult<()> {
+    let mut state = match ctx.state() {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    change(&mut state);
+    ctx.save_state(Value::Object(state))
+        .await
+        .map_err(|e| ServiceError::new(ErrorKind::Conflict, e.to_string()))
+}
+
+async fn save_percent(ctx: &JobContext, percent: f64) -> ServiceResult<()> {
+    update_state(ctx, |state| {
+        state.insert("percent".into(), percent.into());
+    })
+    .await
+}
+
+/// A multipart upload an export started, as its job state records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RecordedUpload {
+    target: BucketObject,
+    upload_id: String,
+}
+
+impl RecordedUpload {
+    fn to_json(&self) -> Value {
+        json!({
+            "bucket": self.target.bucket,
+            "object": self.target.object,
+            "upload_id": self.upload_id,
+        })
+    }
+
+    /// The upload a job's state names, if it names one.
+    fn from_state(state: Option<&Value>) -> Option<RecordedUpload> {
+        let upload = state?.get(UPLOAD_STATE_KEY)?;
+        let text = |k: &str| upload[k].as_str().map(str::to_owned);
+        Some(RecordedUpload {
+            target: BucketObject {
+                bucket: text("bucket")?,
+                object: text("object")?,
+            },
+            upload_id: text("upload_id")?,
+        })
+    }
+
+    async fn abort(&self, buckets: &Buckets) -> ServiceResult<()> {
+        buckets
+            .abort_upload(&self.target.bucket, &self.target.object, &self.upload_id)
+            .await
+            .map_err(|e| bucket_error("aborting the unfinished upload", e))
+    }
+}
+
+/// Passes `stream` on, failing it if it gives more or fewer than `expected` bytes: stored data
+/// that reads short (or long) must never become a complete object.
+fn exactly(stream: BlobStream, expected: u64, key: &BlobKey) -> BlobStream {
+    let key = key.to_string();
+    let wrong_size = move |total: u64| BlobError::Io {
+        op: "reading",
+        key: key.clone(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the stored data gave {total} bytes; the image has {expected}"),
+        ),
+    };
+    futures::stream::unfold((stream, 0u64, false), move |(mut stream, total, failed)| {
+        let wrong_size = wrong_size.clone();
+        async move {
+            if failed {
+                return None;
+            }
+            let item = match stream.next().await {
+                Some(Ok(chunk)) => {
+                    let total = total + chunk.len() as u64;
+                    let item = if total > expected {
+                        Err(wrong_size(total))
+                    } else {
+                        Ok(chunk)
+                    };
+                    let failed = item.is_err();
+                    return Some((item, (stream, total, failed)));
+                }
+                Some(Err(e)) => Err(e),
+                None if total == expected => return None,
+                None => Err(wrong_size(total)),
+            };
+            Some((item, (stream, total, true)))
+        }
+    })
+    .boxed()
+}
+
 impl CloudImageService {
     /// Runs an import job (see the module docs). A failure removes the image the job created,
     /// or puts a registered image back to `queued`.
@@ -315,9 +423,7 @@ impl CloudImageService {
                 image.min_disk
             )));
         }
-        ctx.save_state(json!({"percent": 40.0}))
-            .await
-            .map_err(|e| ServiceError::new(ErrorKind::Conflict, e.to_string()))?;
+        save_percent(ctx, 40.0).await?;
         let disk_format = found.format.as_str().to_string();
         let id = image.id;
         let prepared = self
@@ -381,6 +487,15 @@ impl CloudImageService {
             None => format!("write {}", target.url()),
         };
         let buckets = self.buckets(&action)?;
+        // An earlier attempt killed mid-upload aborted nothing: abort what it recorded.
+        if let Some(left) = RecordedUpload::from_state(ctx.state().as_ref()) {
+            left.abort(buckets).await?;
+            update_state(ctx, |state| {
+                state.remove(UPLOAD_STATE_KEY);
+            })
+            .await?;
+            tracing::info!(object = %left.target.url(), upload_id = %left.upload_id, "aborted the upload an earlier attempt left");
+        }
         let image = self.owned_image(caller, params.image_id).await?;
         check_exportable(&image, params.format.is_none())?;
         let data = image
@@ -392,10 +507,8 @@ impl CloudImageService {
         let blob = self.images().open_stores(&data.stores, &key, None).await?;
         let (written, format) = match params.format {
             None => {
-                let size = buckets
-                    .put_object_stream(&target.bucket, &target.object, blob)
-                    .await
-                    .map_err(|e| bucket_error("writing the object", e))?;
+                let blob = exactly(blob, data.size.max(0) as u64, &key);
+                let size = upload_recorded(ctx, buckets, target, blob).await?;
                 (size, image.disk_format.clone().unwrap_or_default())
             }
             Some(format) => {
@@ -411,19 +524,12 @@ impl CloudImageService {
                     .download(&data.blob_key, blob, MAX_EXPORT_BYTES)
                     .await?;
                 let found = conversion.inspect(&source, Some(stored)).await?;
-                ctx.save_state(json!({"percent": 20.0}))
-                    .await
-                    .map_err(|e| ServiceError::new(ErrorKind::Conflict, e.to_string()))?;
+                save_percent(ctx, 20.0).await?;
                 let converted = conversion.convert(&source, found.format, format).await?;
                 drop(source);
-                ctx.save_state(json!({"percent": 70.0}))
-                    .await
-                    .map_err(|e| ServiceError::new(ErrorKind::Conflict, e.to_string()))?;
+                save_percent(ctx, 70.0).await?;
                 let stream = converted.file.stream().await?;
-                let size = buckets
-                    .put_object_stream(&target.bucket, &target.object, stream.boxed())
-                    .await
-                    .map_err(|e| bucket_error("writing the object", e))?;
+                let size = upload_recorded(ctx, buckets, target, stream.boxed()).await?;
                 (size, format.as_str().to_string())
             }
         };
@@ -435,6 +541,46 @@ impl CloudImageService {
             "size": written,
         }))
     }
+}
+
+/// Writes `stream` to `target` as a multipart upload that the job's state names while it is
+/// in progress (see the module docs); returns the object's size. On failure the upload is
+/// aborted before the error is returned.
+async fn upload_recorded(
+    ctx: &JobContext,
+    buckets: &Buckets,
+    target: &BucketObject,
+    stream: BlobStream,
+) -> ServiceResult<u64> {
+    let (upload_id, writer) = buckets
+        .start_upload(&target.bucket, &target.object)
+        .await
+        .map_err(|e| bucket_error("writing the object", e))?;
+    let upload = RecordedUpload {
+        target: target.clone(),
+        upload_id,
+    };
+    // Recorded before any part is sent; if that fails, the writer drops here and aborts.
+    update_state(ctx, |state| {
+        state.insert(UPLOAD_STATE_KEY.into(), upload.to_json());
+    })
+    .await?;
+    let written = ims_blob::buckets::write_all(writer, stream)
+        .await
+        .map_err(|e| bucket_error("writing the object", e));
+    if written.is_err() {
+        // The dropped writer aborts too, on a task nobody waits for; this abort is awaited, and
+        // if it fails the record stays for whoever looks at the job.
+        if let Err(e) = upload.abort(buckets).await {
+            tracing::warn!(object = %target.url(), upload_id = %upload.upload_id, error = %e.message, "aborting a failed export's upload");
+            return written;
+        }
+    }
+    update_state(ctx, |state| {
+        state.remove(UPLOAD_STATE_KEY);
+    })
+    .await?;
+    written
 }
 
 fn import_result(image: &Image) -> Value {
@@ -488,6 +634,50 @@ mod tests {
         assert_eq!(export_format("VMDK").unwrap(), Format::Vmdk);
         assert!(export_format("raw").is_err());
         assert!(export_format("vhdx").is_err());
+    }
+
+    #[test]
+    fn recorded_uploads_round_trip_through_the_state() {
+        let upload = RecordedUpload {
+            target: BucketObject::parse("bkt:out/disk.vmdk").unwrap(),
+            upload_id: "mpu-1".into(),
+        };
+        let state = json!({"percent": 70.0, UPLOAD_STATE_KEY: upload.to_json()});
+        assert_eq!(RecordedUpload::from_state(Some(&state)), Some(upload));
+        assert_eq!(
+            RecordedUpload::from_state(Some(&json!({"percent": 70.0}))),
+            None
+        );
+        assert_eq!(RecordedUpload::from_state(None), None);
+        let partial = json!({UPLOAD_STATE_KEY: {"bucket": "bkt", "object": "o"}});
+        assert_eq!(RecordedUpload::from_state(Some(&partial)), None);
+    }
+
+    #[tokio::test]
+    async fn exactly_fails_a_stream_of_the_wrong_size() {
+        use futures::TryStreamExt;
+        let key = BlobKey::parse("images/x").unwrap();
+        let chunks = |sizes: &[usize]| -> BlobStream {
+            let chunks: Vec<ims_blob::BlobResult<bytes::Bytes>> = sizes
+                .iter()
+                .map(|&n| Ok(bytes::Bytes::from(vec![1u8; n])))
+                .collect();
+            futures::stream::iter(chunks).boxed()
+        };
+        let whole: Vec<bytes::Bytes> = exactly(chunks(&[3, 4]), 7, &key)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(whole.concat().len(), 7);
+        for (sizes, expected) in [(&[3, 3][..], 7), (&[3, 5][..], 7), (&[][..], 1)] {
+            let got: Result<Vec<_>, _> = exactly(chunks(sizes), expected, &key).try_collect().await;
+            assert!(
+                matches!(got, Err(BlobError::Io { .. })),
+                "{sizes:?} for {expected}: {got:?}"
+            );
+        }
+        let empty: Vec<bytes::Bytes> = exactly(chunks(&[]), 0, &key).try_collect().await.unwrap();
+        assert!(empty.is_empty());
     }
 
     #[test]

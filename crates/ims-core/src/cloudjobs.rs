@@ -439,7 +439,8 @@ impl JobHandler for ImsJobHandler {
             Ok(result) => Ok(result),
             Err(e) => {
                 tracing::warn!(job_id = %job.id, kind = ?e.kind, reason = %e.message, "IMS job failed");
-                let mut state = job.state.clone().unwrap_or_else(|| json!({}));
+                // Merged into what this run saved (e.g. an export's progress), not the claimed state.
+                let mut state = ctx.state().unwrap_or_else(|| json!({}));
                 if let Some(map) = state.as_object_mut() {
                     map.insert("error_kind".into(), format!("{:?}", e.kind).into());
                 }

@@ -5,7 +5,7 @@
 //! state saved through [`JobContext::save_state`], so handlers must be idempotent.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,6 +57,8 @@ pub struct JobContext {
     owner: String,
     lease: Duration,
     lost: watch::Receiver<bool>,
+    /// The state last saved: the claimed job's, then each [`JobContext::save_state`]'s.
+    state: Mutex<Option<serde_json::Value>>,
 }
 
 impl JobContext {
@@ -65,7 +67,14 @@ impl JobContext {
         &self.job
     }
 
-    /// Saves progress (and renews the lease) so a resumed run can skip finished steps.
+    /// The state as saved now: what this run last saved, else what an earlier attempt saved.
+    /// A handler that saves several things merges into this, since a save replaces the state.
+    pub fn state(&self) -> Option<serde_json::Value> {
+        self.state.lock().expect("job state lock poisoned").clone()
+    }
+
+    /// Saves progress (and renews the lease) so a resumed run can skip finished steps. The
+    /// saved value replaces the job's state as a whole.
     pub async fn save_state(&self, state: serde_json::Value) -> Result<(), JobFailure> {
         let now = OffsetDateTime::now_utc();
         let id = self.job.id;
@@ -74,7 +83,10 @@ impl JobContext {
             .heartbeat(id, &self.owner, self.lease, Some(&state), now)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                *self.state.lock().expect("job state lock poisoned") = Some(state);
+                Ok(())
+            }
             Err(JobError::LeaseLost(_)) => Err(JobFailure::LeaseLost),
             Err(e) => Err(JobFailure::Retry(format!("saving job state failed: {e}"))),
         }
@@ -259,6 +271,7 @@ async fn run_job(shared: &Arc<Shared>, job: Job) {
     tracing::info!(attempt = job.attempts, "job started");
     let (lost_tx, lost) = watch::channel(false);
     let ctx = JobContext {
+        state: Mutex::new(job.state.clone()),
         job,
         store: shared.store.clone(),
         owner: owner.clone(),
@@ -433,9 +446,17 @@ mod tests {
     impl JobHandler for Resumable {
         async fn run(&self, ctx: &JobContext) -> Result<serde_json::Value, JobFailure> {
             if let Some(state) = &ctx.job().state {
+                assert_eq!(ctx.state().as_ref(), Some(state), "the claimed state");
                 return Ok(json!({"resumed_from": state["step"]}));
             }
+            assert_eq!(ctx.state(), None);
             ctx.save_state(json!({"step": 1})).await?;
+            assert_eq!(
+                ctx.state(),
+                Some(json!({"step": 1})),
+                "the state just saved"
+            );
+            assert_eq!(ctx.job().state, None, "the job as claimed");
             std::future::pending::<()>().await;
             unreachable!("pending never completes")
         }
