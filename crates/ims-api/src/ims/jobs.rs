@@ -6,18 +6,27 @@ use axum::response::{IntoResponse, Response};
 use ims_core::cloudjobs::JobView;
 use ims_domain::os_catalog;
 use serde_json::{Value, json};
-use time::format_description::well_known::Rfc3339;
 
 use super::{ImsCaller, ImsResult, check_project, invalid};
 use crate::SharedState;
 use crate::error::ims_status_and_code;
 
 /// Job times as IMS writes them: UTC with milliseconds, `2024-11-06T06:19:43.195Z`.
+/// A job time as IMS writes it: UTC with exactly three fractional digits
+/// (`2024-11-06T06:19:43.190Z`; RFC 3339 formatting would drop trailing zeros, and the SDK's
+/// users compare these strings).
 fn job_time(t: time::OffsetDateTime) -> String {
-    let millis = t
-        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-        .unwrap_or(t);
-    millis.format(&Rfc3339).unwrap_or_default()
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 fn sub_job_json(view: &JobView) -> Value {
@@ -156,4 +165,17 @@ pub async fn list_os_versions(
         .map(|(platform, list)| json!({"platform": platform, "version_list": list}))
         .collect();
     Ok(Json(body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_time;
+
+    #[test]
+    fn job_times_have_three_fractional_digits_in_utc() {
+        let t = time::macros::datetime!(2026-12-08 01:47:16.640 +08:00);
+        assert_eq!(job_time(t), "2026-12-07T17:47:16.640Z");
+        let t = time::macros::datetime!(2026-12-08 01:47:16 UTC);
+        assert_eq!(job_time(t), "2026-12-08T01:47:16.000Z");
+    }
 }
