@@ -357,6 +357,13 @@ fn work_files(work_dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `len` bytes (a multiple of 4) of varied, poorly compressible data: exports of it take a while.
+fn varied_data(len: u32) -> Vec<u8> {
+    (0..len / 4)
+        .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> (i % 7)).to_le_bytes())
+        .collect()
+}
+
 /// A node dies in the middle of an export (the job has saved progress, the object is not yet
 /// complete): the bucket holds no object, the next start removes the work files it left, and the
 /// next node claims the job once the lease expired and writes the whole object, equal to the
@@ -376,9 +383,7 @@ async fn an_export_cut_by_a_restart_resumes_and_leaves_no_garbage() {
 
     // A 128 MiB raw disk of varied data: converting it to ZVHD2 (zstd) takes a while.
     let raw = dir.path().join("big.raw");
-    let data: Vec<u8> = (0..(128u32 << 20) / 4)
-        .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> (i % 7)).to_le_bytes())
-        .collect();
+    let data = varied_data(128 << 20);
     std::fs::write(&raw, &data).unwrap();
 
     let (app, client) = open_node(&config, true).await;
@@ -731,9 +736,7 @@ async fn a_sigkilled_export_resumes_and_leaves_no_incomplete_upload() {
 
     // 96 MiB of varied data: its qcow2 export is seven parts.
     let raw = dir.path().join("source.raw");
-    let data: Vec<u8> = (0..(96u32 << 20) / 4)
-        .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> (i % 7)).to_le_bytes())
-        .collect();
+    let data = varied_data(96 << 20);
     std::fs::write(&raw, &data).unwrap();
     let (app, client) = open_node(&config, true).await;
     let image_id = upload_raw_image(&client, "to-export", data).await;
